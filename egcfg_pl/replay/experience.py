@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from egcfg_pl.sampling.candidate import Candidate, PossibilityForm
-from egcfg_pl.sandbox.verdict import Verdict
+from egcfg_pl.sandbox.verdict import Status, TestResult, Verdict
 
 
 def p2value(possibility: float | None, pass_rate: float, alpha: float) -> float:
@@ -46,3 +47,26 @@ class Experience:
     @property
     def pass_rate(self) -> float:
         return self.verdict.pass_rate
+
+
+def experience_to_dict(exp: Experience) -> dict[str, Any]:
+    """A JSON-able dict (checkpoints, results files); ``experience_from_dict`` inverts it exactly."""
+    verdict = asdict(exp.verdict)
+    verdict["results"] = [{**r, "status": r["status"].value} for r in verdict["results"]]
+    return {
+        "candidate": asdict(exp.candidate),
+        "verdict": verdict,
+        "possibility": exp.possibility,
+        "p2value": exp.p2value,
+    }
+
+
+def experience_from_dict(data: dict[str, Any]) -> Experience:
+    v = data["verdict"]
+    results = tuple(TestResult(Status(r["status"]), r["seconds"], r["detail"]) for r in v["results"])
+    return Experience(
+        candidate=Candidate(**data["candidate"]),
+        verdict=Verdict(v["problem_id"], results, v["seconds"]),
+        possibility=data["possibility"],
+        p2value=data["p2value"],
+    )

@@ -18,6 +18,7 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class TestResult:
+    __test__ = False  # not a pytest class
     status: Status
     seconds: float = 0.0
     detail: str = ""  # short, truncated message (exception type, diff head)

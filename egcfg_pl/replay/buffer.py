@@ -1,0 +1,171 @@
+"""The prioritized replay buffer: tested programs (failed ones included) and how batches are drawn."""
+
+from __future__ import annotations
+
+import io
+import tokenize
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
+from egcfg_pl.replay.priorities import Strategy, check_strategy, sampling_probabilities
+
+Eviction = Literal["lowest_p2value", "oldest"]
+
+
+@dataclass
+class ReplaySettings:
+    """How experiences are scored, kept and drawn."""
+
+    p2value_alpha: float = 0.5
+    """α in P2Value = α·possibility + (1−α)·pass_rate (paper Eq. 5)."""
+    possibility: Literal["normalized", "raw"] = "normalized"
+    """Which possibility enters P2Value: ``normalized`` = exp(logprob / tokens) (default; the raw product is
+    ~1e-20 for a 100-token program, which would make P2Value ≈ (1−α)·pass_rate), or ``raw`` = exp(logprob)."""
+    strategy: Strategy = "power"
+    """Draw rule: power (p^a/Σp^a on P2Value), rank (1/rank^a), or the ablations uniform, pass_rate, possibility."""
+    sampling_alpha: float = 1.0
+    """The exponent a of the draw rule (0 = uniform)."""
+    capacity: int = 10_000
+    """Most experiences kept; beyond it the ``eviction`` rule removes entries."""
+    eviction: Eviction = "lowest_p2value"
+    """``lowest_p2value`` drops the lowest-valued (oldest first among ties); ``oldest`` is FIFO."""
+    min_pass_rate: float = 0.0
+    """Experiences with a lower pass rate are not stored (0 keeps failed programs, as the paper does)."""
+    seed: int = 0
+    """Seed of the draw RNG (its state is checkpointed)."""
+
+    def __post_init__(self) -> None:
+        check_strategy(self.strategy)
+        if not 0.0 <= self.p2value_alpha <= 1.0:
+            raise ValueError(f"replay.p2value_alpha must be in [0, 1], got {self.p2value_alpha}")
+        if self.capacity < 1:
+            raise ValueError(f"replay.capacity must be >= 1, got {self.capacity}")
+        if self.eviction not in ("lowest_p2value", "oldest"):
+            raise ValueError(f"replay.eviction {self.eviction!r} is unknown; use lowest_p2value or oldest")
+
+
+def normalize_program(program: str) -> str:
+    """Key for duplicate detection: comments, blank lines and trailing spaces do not make a new program."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(program).readline)
+        comments = [(t.start, t.end) for t in tokens if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        comments = []
+    lines = program.splitlines()
+    for (row, col), _ in reversed(comments):  # cut each comment off its line
+        lines[row - 1] = lines[row - 1][:col]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
+class ReplayBuffer:
+    """Experiences keyed by (problem id, normalised program).
+
+    A duplicate replaces the stored entry (its possibility reflects the newer model) and bumps its
+    ``seen`` count; insertion order is kept for the first appearance. Draws are with replacement.
+    """
+
+    def __init__(self, settings: ReplaySettings | None = None) -> None:
+        self.settings = settings or ReplaySettings()
+        self._items: dict[tuple[str, str], Experience] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+        self._order: dict[tuple[str, str], int] = {}  # insertion counter, for "oldest"
+        self._counter = 0
+        self.rng = np.random.default_rng(self.settings.seed)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def experiences(self) -> list[Experience]:
+        return list(self._items.values())
+
+    def add(self, experiences: Iterable[Experience]) -> int:
+        """Store experiences; returns how many were new (not duplicates, not filtered)."""
+        new = 0
+        for exp in experiences:
+            if exp.pass_rate < self.settings.min_pass_rate:
+                continue
+            key = (exp.problem_id, normalize_program(exp.program))
+            if key not in self._items:
+                new += 1
+                self._order[key] = self._counter
+                self._counter += 1
+            self._items[key] = exp
+            self._seen[key] = self._seen.get(key, 0) + 1
+        self._evict()
+        return new
+
+    def _evict(self) -> None:
+        excess = len(self._items) - self.settings.capacity
+        if excess <= 0:
+            return
+        keys = list(self._items)
+        if self.settings.eviction == "oldest":
+            victims = sorted(keys, key=self._order.__getitem__)[:excess]
+        else:
+            victims = sorted(keys, key=lambda k: (self._items[k].p2value, self._order[k]))[:excess]
+        for key in victims:
+            del self._items[key], self._seen[key], self._order[key]
+
+    def probabilities(self) -> np.ndarray:
+        items = self.experiences
+        s = self.settings
+        return sampling_probabilities(
+            [e.p2value for e in items],
+            [e.pass_rate for e in items],
+            [e.possibility for e in items],
+            strategy=s.strategy,
+            alpha=s.sampling_alpha,
+        )
+
+    def sample_indices(self, n: int) -> np.ndarray:
+        """``n`` indices into ``experiences`` drawn with replacement by the configured strategy."""
+        return self.rng.choice(len(self._items), size=n, replace=True, p=self.probabilities())
+
+    def sample(self, n: int) -> list[Experience]:
+        items = self.experiences
+        return [items[i] for i in self.sample_indices(n)]
+
+    def stats(self) -> dict[str, float]:
+        """Buffer summary for logging: size, means, solved fraction, problems covered."""
+        items = self.experiences
+        if not items:
+            return {"buffer/size": 0.0}
+        p2 = np.array([e.p2value for e in items])
+        pr = np.array([e.pass_rate for e in items])
+        known = [e.possibility for e in items if e.possibility is not None]
+        solved = {e.problem_id for e in items if e.verdict.all_passed}
+        return {
+            "buffer/size": float(len(items)),
+            "buffer/problems": float(len({e.problem_id for e in items})),
+            "buffer/problems_solved": float(len(solved)),
+            "buffer/mean_p2value": float(p2.mean()),
+            "buffer/mean_pass_rate": float(pr.mean()),
+            "buffer/frac_all_passed": float(np.mean([e.verdict.all_passed for e in items])),
+            "buffer/frac_partial": float(np.mean((pr > 0) & (pr < 1))),
+            "buffer/mean_possibility": float(np.mean(known)) if known else float("nan"),
+            "buffer/unknown_possibility": float(len(items) - len(known)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = list(self._items)
+        return {
+            "experiences": [experience_to_dict(self._items[k]) for k in keys],
+            "seen": [self._seen[k] for k in keys],
+            "order": [self._order[k] for k in keys],
+            "counter": self._counter,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._items.clear(), self._seen.clear(), self._order.clear()
+        for data, seen, order in zip(state["experiences"], state["seen"], state["order"], strict=True):
+            exp = experience_from_dict(data)
+            key = (exp.problem_id, normalize_program(exp.program))
+            self._items[key], self._seen[key], self._order[key] = exp, seen, order
+        self._counter = state["counter"]
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,118 @@
+"""Replay buffer: P2Value, both prioritized distributions against hand-computed values, state round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from egcfg_pl.replay import ReplayBuffer, ReplaySettings, normalize_program, p2value, sampling_probabilities
+from egcfg_pl.replay.experience import Experience
+from egcfg_pl.sampling.candidate import Candidate
+from egcfg_pl.sandbox.verdict import Status, TestResult, Verdict
+
+
+def make_exp(pid: str, program: str, logprob: float | None, tokens: int, passed: int, total: int, alpha=0.5):
+    results = tuple(TestResult(Status.PASSED if i < passed else Status.FAILED, 0.01) for i in range(total))
+    cand = Candidate(pid, program, program, logprob, tokens)
+    return Experience.build(cand, Verdict(pid, results, 0.1), alpha=alpha)
+
+
+def test_p2value_formula_uses_alpha():
+    assert p2value(0.8, 0.25, 0.5) == pytest.approx(0.525)
+    assert p2value(0.8, 0.25, 0.0) == pytest.approx(0.25)
+    assert p2value(0.8, 0.25, 1.0) == pytest.approx(0.8)
+    assert p2value(0.8, 0.25, 0.3) == pytest.approx(0.3 * 0.8 + 0.7 * 0.25)
+    assert p2value(None, 0.25, 0.9) == pytest.approx(0.25)  # unknown possibility: pass rate alone
+    with pytest.raises(ValueError, match="p2value_alpha"):
+        p2value(0.5, 0.5, 1.5)
+
+
+def test_experience_possibility_forms_are_not_double_normalised():
+    exp = make_exp("p", "x=1", logprob=-10.0, tokens=20, passed=1, total=2, alpha=0.5)
+    assert exp.possibility == pytest.approx(math.exp(-0.5))  # exp(logprob / tokens), once
+    assert exp.p2value == pytest.approx(0.5 * math.exp(-0.5) + 0.5 * 0.5)
+    raw = Experience.build(exp.candidate, exp.verdict, alpha=0.5, form="raw")
+    assert raw.possibility == pytest.approx(math.exp(-10.0))
+
+
+def test_power_and_rank_match_hand_computed_values():
+    p2 = [0.2, 0.6, 0.4]
+    power = sampling_probabilities(p2, [0, 0, 0], [None] * 3, strategy="power", alpha=2.0, epsilon=0.0)
+    expected = np.array([0.04, 0.36, 0.16]) / 0.56
+    np.testing.assert_allclose(power, expected)
+    rank = sampling_probabilities(p2, [0, 0, 0], [None] * 3, strategy="rank", alpha=1.0)
+    # ranks: 0.6 -> 1, 0.4 -> 2, 0.2 -> 3  =>  p = [1/3, 1, 1/2]
+    np.testing.assert_allclose(rank, np.array([1 / 3, 1.0, 0.5]) / (1 / 3 + 1 + 0.5))
+    rank2 = sampling_probabilities(p2, [0, 0, 0], [None] * 3, strategy="rank", alpha=2.0)
+    np.testing.assert_allclose(rank2, np.array([1 / 9, 1.0, 0.25]) / (1 / 9 + 1 + 0.25))
+    uniform = sampling_probabilities(p2, [0, 0, 0], [None] * 3, strategy="uniform")
+    np.testing.assert_allclose(uniform, [1 / 3] * 3)
+    zero_a = sampling_probabilities(p2, [0, 0, 0], [None] * 3, strategy="power", alpha=0.0)
+    np.testing.assert_allclose(zero_a, [1 / 3] * 3)
+
+
+def test_ablation_strategies_use_their_own_score():
+    pr = sampling_probabilities([0.5, 0.5], [1.0, 0.0], [0.1, 0.9], strategy="pass_rate", epsilon=0.0)
+    np.testing.assert_allclose(pr, [1.0, 0.0])
+    po = sampling_probabilities([0.5, 0.5], [1.0, 0.0], [0.1, 0.3], strategy="possibility", epsilon=0.0)
+    np.testing.assert_allclose(po, [0.25, 0.75])
+    with pytest.raises(ValueError, match="unknown"):
+        sampling_probabilities([0.5], [0.5], [0.5], strategy="greedy")
+    with pytest.raises(ValueError, match="empty"):
+        sampling_probabilities([], [], [], strategy="power")
+
+
+def test_draw_frequencies_follow_the_distribution():
+    buf = ReplayBuffer(ReplaySettings(strategy="power", sampling_alpha=1.0, seed=3))
+    buf.add([make_exp("a", "x=1", None, 1, 1, 4), make_exp("b", "x=2", None, 1, 3, 4)])
+    draws = buf.sample_indices(20_000)
+    freq = np.bincount(draws, minlength=2) / len(draws)
+    np.testing.assert_allclose(freq, buf.probabilities(), atol=0.02)
+
+
+def test_failed_programs_are_kept_and_duplicates_merged():
+    buf = ReplayBuffer()
+    failed = make_exp("a", "def f():\n    return 1\n", -3.0, 5, 0, 3)
+    dup = make_exp("a", "def f():  # same program\n\n    return 1", -1.0, 5, 0, 3)
+    other_problem = make_exp("b", "def f():\n    return 1\n", -3.0, 5, 3, 3)
+    assert buf.add([failed, dup, other_problem]) == 2
+    assert len(buf) == 2
+    stored = {e.problem_id: e for e in buf.experiences}
+    assert stored["a"].candidate.logprob == -1.0  # the newer duplicate replaced the older
+    assert stored["a"].pass_rate == 0.0
+
+
+def test_normalize_program_keeps_hashes_inside_strings():
+    assert normalize_program('print("#")  # note') == 'print("#")'
+    assert normalize_program("x = 1\n\n# c\ny = 2  ") == "x = 1\ny = 2"
+
+
+def test_capacity_evicts_lowest_p2value_or_oldest():
+    exps = [make_exp("p", f"x={i}", None, 1, passed, 4) for i, passed in enumerate([3, 0, 4, 1])]
+    low = ReplayBuffer(ReplaySettings(capacity=2))
+    low.add(exps)
+    assert sorted(e.program for e in low.experiences) == ["x=0", "x=2"]
+    fifo = ReplayBuffer(ReplaySettings(capacity=2, eviction="oldest"))
+    fifo.add(exps)
+    assert sorted(e.program for e in fifo.experiences) == ["x=2", "x=3"]
+
+
+def test_state_dict_round_trip_restores_contents_and_rng_stream():
+    buf = ReplayBuffer(ReplaySettings(strategy="rank", seed=7))
+    buf.add([make_exp("p", f"x={i}", -float(i + 1), 3, i % 3, 2 + i % 2) for i in range(6)])
+    buf.sample_indices(5)
+    state = buf.state_dict()
+    restored = ReplayBuffer(ReplaySettings(strategy="rank", seed=999))
+    restored.load_state_dict(state)
+    assert [e for e in restored.experiences] == buf.experiences
+    np.testing.assert_array_equal(restored.sample_indices(50), buf.sample_indices(50))
+    assert restored.stats() == pytest.approx(buf.stats(), nan_ok=True)
+
+
+def test_settings_reject_bad_values_with_field_names():
+    with pytest.raises(ValueError, match="p2value_alpha"):
+        ReplaySettings(p2value_alpha=2)
+    with pytest.raises(ValueError, match="strategy"):
+        ReplaySettings(strategy="best")  # type: ignore[arg-type]
