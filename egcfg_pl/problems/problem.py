@@ -11,9 +11,6 @@ TestKind = Literal["assert", "stdio", "call"]
 @dataclass(frozen=True)
 class TestCase:
     """One unit of testing; ``pass_rate`` counts these.
-    __test__ = False  # not a pytest class
-
-
     - ``assert``: ``code`` is Python run after the program (and the problem's ``test_setup``); it
       passes when it raises nothing. HumanEval / MBPP asserts are split so that each assert is one test.
     - ``stdio``: the program reads ``input`` on stdin; its stdout must match ``output``
@@ -21,6 +18,8 @@ class TestCase:
     - ``call``: ``fn_name(*args)`` (or ``Solution().fn_name(*args)``) must return ``expected``
       (APPS call-based problems).
     """
+
+    __test__ = False  # not a pytest class
 
     kind: TestKind
     code: str = ""
