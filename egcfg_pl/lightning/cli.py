@@ -1,0 +1,38 @@
+"""LightningCLI wiring: ``BTPModule`` + ``BTPDataModule`` from YAML, dataclass docstrings as help."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningCLI
+
+from egcfg_pl.lightning.datamodule import BTPDataModule
+from egcfg_pl.lightning.module import BTPModule
+
+
+class BTPCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # The sampler prompt and the training prompt must agree: one template, on the module.
+        parser.add_argument("--log_level", default="INFO", help="Python logging level")
+
+
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    cli = BTPCLI(
+        BTPModule,
+        BTPDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        auto_configure_optimizers=False,
+    )
+    return cli
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,108 @@
+"""LightningDataModule: prioritized replay batches for training, held-out problems for evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from egcfg_pl.lightning.collate import ReplayCollator
+from egcfg_pl.problems import ProblemSet, check_overlap
+from egcfg_pl.problems.problem import Problem
+from egcfg_pl.replay.buffer import ReplayBuffer, ReplaySettings
+from egcfg_pl.replay.experience import Experience
+
+
+class ReplayStream(IterableDataset):
+    """Yields ``steps`` prioritized batches per epoch, drawn from the live buffer when iterated.
+
+    Every rank holds an identical buffer and RNG state; each step draws ``batch_size × world_size``
+    experiences and this rank keeps its own slice, so ranks see different data and stay in lock-step.
+    The draw happens lazily, after the refresh callback has filled the buffer for the epoch.
+    """
+
+    def __init__(self, buffer: ReplayBuffer, steps: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.buffer, self.steps, self.batch_size = buffer, steps, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[Experience]]:
+        for _ in range(self.steps):
+            drawn = self.buffer.sample(self.batch_size * self.world_size)
+            yield drawn[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+
+class BTPDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        held_out: ProblemSet,
+        train: ProblemSet | None = None,
+        replay: ReplaySettings | None = None,
+        batch_size: int = 4,
+        samples_per_epoch: int = 64,
+        eval_batch_size: int = 8,
+        max_length: int = 1024,
+        allow_overlap: bool = False,
+    ) -> None:
+        """
+        Args:
+            held_out: problems for validation / test (pass@k); never trained on.
+            train: problems the refresh callback samples and the buffer holds (omit for evaluation only).
+            replay: P2Value, draw strategy and buffer settings.
+            batch_size: experiences per optimizer micro-batch on each device.
+            samples_per_epoch: experiences drawn per epoch over all devices (sets the steps per epoch).
+            eval_batch_size: held-out problems generated together.
+            max_length: token limit of prompt + program in training.
+            allow_overlap: train even when train and held-out problems overlap (same id or same text).
+        """
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.held_out_set, self.train_set = held_out, train
+        self.buffer = ReplayBuffer(replay or ReplaySettings())
+        self.train_problems: list[Problem] = []
+        self.held_out_problems: list[Problem] = []
+
+    def setup(self, stage: str) -> None:
+        if not self.held_out_problems:
+            self.held_out_problems = self.held_out_set.load()
+        if stage == "fit" and not self.train_problems:
+            if self.train_set is None:
+                raise ValueError("data.train is required for fit: name the training problems (a ProblemSet)")
+            self.train_problems = self.train_set.load()
+            check_overlap(self.train_problems, self.held_out_problems, allow=self.hparams.allow_overlap)
+
+    def problems_by_id(self) -> dict[str, Problem]:
+        return {p.id: p for p in [*self.train_problems, *self.held_out_problems]}
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world = trainer.world_size if trainer else 1
+        steps = math.ceil(self.hparams.samples_per_epoch / (self.hparams.batch_size * world))
+        module = trainer.lightning_module
+        stream = ReplayStream(self.buffer, steps, self.hparams.batch_size, trainer.global_rank, world)
+        collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
+        return DataLoader(stream, batch_size=None, collate_fn=collate)
+
+    def _problem_loader(self) -> DataLoader:
+        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=list)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._problem_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._problem_loader()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replay buffer travels inside the Lightning checkpoint (contents and draw RNG)."""
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state_dict["buffer"])

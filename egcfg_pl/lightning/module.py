@@ -1,0 +1,172 @@
+"""LightningModule: the LoRA-wrapped target model, its causal-LM loss, and held-out evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from egcfg_pl.lightning.held_out import HeldOutEvaluator
+from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
+from egcfg_pl.prompts import PromptTemplate
+from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.settings import GenerationSettings
+from egcfg_pl.sandbox import SandboxConfig
+
+log = logging.getLogger(__name__)
+Mode = Literal["finetune", "btp_only"]
+
+
+class BTPModule(L.LightningModule):
+    def __init__(
+        self,
+        model: ModelSpec | None = None,
+        lora: LoraSettings | None = LoraSettings(),  # noqa: B008 (a frozen-in-use default shown by --print_config)
+        mode: Mode = "finetune",
+        template: PromptTemplate | None = None,
+        evaluation: GenerationSettings | None = None,
+        sandbox: SandboxConfig | None = None,
+        pass_k: list[int] | None = None,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        scheduler: Literal["constant", "linear", "cosine"] = "constant",
+        gradient_checkpointing: bool = False,
+        results_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model: the target model (alias ``smollm2-135m``, a folder, a .gguf file or a hub id).
+            lora: LoRA settings (r 16, alpha 32 by default); ``null`` trains nothing (evaluation / btp_only).
+            mode: ``finetune`` trains the adapter on replay batches; ``btp_only`` samples, tests and fills the
+                buffer each epoch without training.
+            template: prompt template shared by sampling, training and evaluation.
+            evaluation: how held-out problems are generated (greedy by default; sample n for pass@k > 1).
+            sandbox: executor settings for held-out tests.
+            pass_k: the k of pass@k (each k must be <= the candidates per problem).
+            learning_rate: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear warm-up steps.
+            scheduler: learning-rate schedule after warm-up.
+            gradient_checkpointing: trade compute for memory on long programs.
+            results_dir: where evaluation JSON goes (default: the logger's folder).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = model or ModelSpec()
+        self.lora = None if mode == "btp_only" else lora
+        self.template = template or PromptTemplate()
+        self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
+        self.sandbox = sandbox or SandboxConfig()
+        self.pass_k = pass_k or [1]
+        self.strict_loading = False  # checkpoints hold only the trainable (LoRA) weights
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.evaluators: dict[str, HeldOutEvaluator] = {}
+
+    # -- model -----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.tokenizer = load_tokenizer(self.spec)
+        model = load_model(self.spec)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+            if self.hparams.gradient_checkpointing:
+                enable_gradient_checkpointing(model)
+        self.model = model
+
+    def sampler(self, settings: GenerationSettings, name: str = "") -> HFSampler:
+        """A sampler over the current weights (LoRA active) — used by refresh and evaluation."""
+        return HFSampler(self.model, self.tokenizer, settings, self.template, name=name or self.spec.name)
+
+    # -- training --------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if self.hparams.mode == "btp_only":
+            return None
+        start = time.perf_counter()
+        out = self.model(**batch)  # HF shifts labels; IGNORE_INDEX masks prompt and padding
+        tokens = int((batch["labels"] != -100).sum())
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/program_tokens", float(tokens), reduce_fx="sum", batch_size=1)
+        self.log("train/forward_tokens_per_s", batch["attention_mask"].sum() / (time.perf_counter() - start))
+        return out.loss
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.hparams.mode == "btp_only" or not params:
+            return None
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        warm = self.hparams.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        total = max(self.trainer.estimated_stepping_batches - warm, 1)
+        progress = min((step - warm) / total, 1.0)
+        schedule = self.hparams.scheduler
+        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[schedule]
+
+    # -- checkpoints and adapter ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights: the frozen base model is reloaded from its source on resume."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def adapter_dir(self) -> Path:
+        return self.output_dir() / "adapter"
+
+    def output_dir(self) -> Path:
+        if self.hparams.results_dir:
+            return Path(self.hparams.results_dir)
+        trainer = self._trainer
+        root = (trainer.log_dir if trainer and trainer.log_dir else None) or "checkpoints"
+        return Path(root)
+
+    def on_train_epoch_end(self) -> None:
+        if self.lora is not None and self.trainer.is_global_zero:
+            self.model.save_pretrained(self.adapter_dir())
+
+    # -- held-out evaluation --------------------------------------------------------------------------
+    def _evaluator(self, stage: str) -> HeldOutEvaluator:
+        if stage not in self.evaluators:
+            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage)
+        return self.evaluators[stage]
+
+    def _eval_step(self, stage: str, problems: list) -> None:
+        sampler = self.sampler(self.generation)
+        self._evaluator(stage).step(sampler, problems)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        evaluator = self._evaluator(stage)
+        metrics = evaluator.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=True)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            path = self.output_dir() / f"eval_{stage}_epoch{self.current_epoch}.json"
+            evaluator.write_report(path, config={"model": self.spec.name, "stage": stage, "epoch": self.current_epoch})
+            log.info("%s results: %s (%s)", stage, metrics, path)
+        evaluator.reset()
+
+    def validation_step(self, batch: list, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: list, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def teardown(self, stage: str) -> None:
+        for evaluator in self.evaluators.values():
+            evaluator.close()
+        self.evaluators.clear()

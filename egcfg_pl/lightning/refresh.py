@@ -1,0 +1,166 @@
+"""The refresh callback: each epoch (one BTP iteration) sample → sandbox → push into the replay buffer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from egcfg_pl.metrics.p2value import P2ValueMetric
+from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
+from egcfg_pl.problems.problem import Problem
+from egcfg_pl.replay.experience import Experience, experience_to_dict
+from egcfg_pl.sampling.api import ApiSettings
+from egcfg_pl.sampling.base import Sampler
+from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.settings import GenerationSettings
+from egcfg_pl.sandbox import Executor, SandboxConfig
+
+log = logging.getLogger(__name__)
+
+
+def all_gather_experiences(local: list[Experience]) -> list[Experience]:
+    """Every rank gets every rank's experiences, in rank order, so all buffers stay identical."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local
+    gathered: list[list[Experience] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, local)
+    return [exp for part in gathered for exp in part or []]
+
+
+class ReplayRefresh(L.Callback):
+    def __init__(
+        self,
+        generation: GenerationSettings | None = None,
+        sandbox: SandboxConfig | None = None,
+        source_model: ModelSpec | None = None,
+        source_api: ApiSettings | None = None,
+        problems_per_refresh: int | None = None,
+        seed: int = 0,
+        save_experiences: bool = True,
+    ) -> None:
+        """
+        Args:
+            generation: how candidates are sampled (beam 5 by default).
+            sandbox: executor settings for testing candidates.
+            source_model: a separate local model that writes the candidates (big-to-small); by default the
+                target model itself samples (self-improvement), with its current LoRA weights.
+            source_api: an OpenAI-compatible API source (hybrid mode: API samples, local LoRA target).
+            problems_per_refresh: sample this many training problems per epoch (a seeded rotation), or all.
+            seed: seed of the problem rotation.
+            save_experiences: append each refresh's experiences to ``experiences.jsonl`` in the log folder.
+        """
+        super().__init__()
+        if source_model is not None and source_api is not None:
+            raise ValueError("refresh: set source_model or source_api, not both")
+        self.generation = generation or GenerationSettings()
+        self.sandbox = sandbox or SandboxConfig()
+        self.source_model, self.source_api = source_model, source_api
+        self.problems_per_refresh, self.seed = problems_per_refresh, seed
+        self.save_experiences = save_experiences
+        self._sampler: Sampler | None = None
+        self._executor: Executor | None = None
+        self.last_stats: dict[str, float] = {}
+        self._p2metric = P2ValueMetric()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._executor is None:
+            self._executor = Executor(self.sandbox)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def sampler(self, pl_module: Any) -> Sampler:
+        """The source of candidates: the target itself, a separate local model, or an API."""
+        if self.source_api is not None:
+            if self._sampler is None:
+                from egcfg_pl.sampling.api import ApiSampler
+
+                self._sampler = ApiSampler(self.source_api, pl_module.template)
+            return self._sampler
+        if self.source_model is not None:
+            if self._sampler is None:
+                model = load_model(self.source_model)
+                model.to(pl_module.device)
+                tok = load_tokenizer(self.source_model)
+                self._sampler = HFSampler(model, tok, self.generation, pl_module.template, name=self.source_model.name)
+            return self._sampler
+        return pl_module.sampler(self.generation)  # rebuilt each time: it wraps the live weights
+
+    def select(self, problems: Sequence[Problem], epoch: int) -> list[Problem]:
+        if self.problems_per_refresh is None or self.problems_per_refresh >= len(problems):
+            return list(problems)
+        order = np.random.default_rng(self.seed + epoch).permutation(len(problems))
+        return [problems[i] for i in sorted(order[: self.problems_per_refresh])]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        epoch = trainer.current_epoch
+        chosen = self.select(dm.train_problems, epoch)
+        shard = chosen[trainer.global_rank :: trainer.world_size]  # each rank samples a disjoint shard
+        local = self.refresh(pl_module, shard, dm.buffer.settings, epoch)
+        refresh_stats = self._distribution(local, pl_module.device)  # a collective call under DDP
+        experiences = all_gather_experiences(local)
+        added = dm.buffer.add(experiences)
+        self.last_stats = {
+            **dm.buffer.stats(),
+            **refresh_stats,
+            "refresh/candidates": float(len(experiences)),
+            "refresh/new": float(added),
+        }
+        self._log(trainer, pl_module, experiences)
+        if self.save_experiences and trainer.is_global_zero:
+            self._append(trainer, experiences)
+
+    def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
+        """Sample and test one shard of problems; returns the experiences (not yet in the buffer)."""
+        if not problems:
+            return []
+        candidates = self.sampler(pl_module).sample(problems, iteration=epoch)
+        by_id = {p.id: p for p in problems}
+        assert self._executor is not None, "refresh runs inside fit (setup creates the executor)"
+        verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
+        return [Experience.build(c, v, replay.p2value_alpha, replay.possibility) for c, v in zip(candidates, verdicts)]
+
+    def _distribution(self, local: list[Experience], device: torch.device) -> dict[str, float]:
+        """Mean P2Value / possibility / pass rate of this refresh over all ranks (torchmetrics-synced)."""
+        metric = self._p2metric.to(device)
+        if local:
+            possibility = [float("nan") if e.possibility is None else e.possibility for e in local]
+            metric.update(
+                torch.tensor([e.p2value for e in local]), torch.tensor(possibility), torch.tensor([e.pass_rate for e in local])
+            )
+        values = {f"refresh/{k}": float(v) for k, v in metric.compute().items()}
+        metric.reset()
+        return values
+
+    def _log(self, trainer: L.Trainer, pl_module: Any, experiences: list[Experience]) -> None:
+        for key, value in self.last_stats.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, batch_size=1)
+        writer = getattr(trainer.logger, "experiment", None)
+        if trainer.is_global_zero and experiences and hasattr(writer, "add_histogram"):
+            step = trainer.current_epoch
+            writer.add_histogram("refresh/p2value", torch.tensor([e.p2value for e in experiences]), step)
+            writer.add_histogram("refresh/pass_rate", torch.tensor([e.pass_rate for e in experiences]), step)
+            known = [e.possibility for e in experiences if e.possibility is not None]
+            if known:
+                writer.add_histogram("refresh/possibility", torch.tensor(known), step)
+        log.info("refresh epoch %d: %s", trainer.current_epoch, self.last_stats)
+
+    def _append(self, trainer: L.Trainer, experiences: list[Experience]) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "experiences.jsonl", "a", encoding="utf-8") as f:
+            for exp in experiences:
+                f.write(json.dumps({"epoch": trainer.current_epoch, **experience_to_dict(exp)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
