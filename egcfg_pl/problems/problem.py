@@ -11,6 +11,7 @@ TestKind = Literal["assert", "stdio", "call"]
 @dataclass(frozen=True)
 class TestCase:
     """One unit of testing; ``pass_rate`` counts these.
+
     - ``assert``: ``code`` is Python run after the program (and the problem's ``test_setup``); it
       passes when it raises nothing. HumanEval / MBPP asserts are split so that each assert is one test.
     - ``stdio``: the program reads ``input`` on stdin; its stdout must match ``output``

@@ -1,0 +1,335 @@
+"""Prompt templates, the response format the model is trained to emit, and program extraction.
+
+The trainer fine-tunes on ``prompt + format_response(program) + eos``, and sampling turns the
+generated text back into a program with ``extract_program``; the two are inverses
+(``extract_program(format_response(p)) == p`` for an extracted program ``p``).
+
+Two styles:
+
+- ``chat`` (instruct models): system + user messages through the tokenizer's chat template; the
+  answer is one ```` ```python ```` block, and generation stops at the closing fence ``"\\n```"``.
+- ``completion`` (base models): plain text the model continues. HumanEval-like problems (the prompt
+  defines the entry point) are continued from the raw prompt and stop at the Codex/HumanEval
+  stop sequences (Chen et al. 2021, as used by evalplus): a new top-level ``def``/``class``/
+  ``if __name__``/``print(``/``#``. Other problems get the statement as a docstring and the
+  model writes the whole program, stopping at the next docstring.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from egcfg_pl.problems.problem import Problem, TestCase
+
+CHAT_STOP = "\n```"
+FUNCTION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+PROGRAM_STOPS = ('\n"""',)
+_PY_FENCE_TAGS = ("", "python", "py", "python3")
+
+
+@dataclass
+class PromptTemplate:
+    """How a problem is shown to the model. Instructions are ``str.format`` templates with the fields
+    ``{statement}``, ``{prompt}``, ``{tests}`` and ``{entry_point}``; in them ``{prompt}`` and ``{tests}``
+    are the rendered ``starter_section`` / ``tests_section`` (or "" when there is nothing to show)."""
+
+    style: Literal["chat", "completion"] = "chat"
+    """chat: messages through the tokenizer's chat template (instruct models); completion: plain text to continue."""
+    system: str = "You are an expert Python programmer. You answer with code only."
+    """System message for chat style ("" for none)."""
+    call_instruction: str = (
+        "{statement}\n\n{prompt}{tests}Write the Python function `{entry_point}`. "
+        "Reply with the complete code in one ```python code block, with no explanation."
+    )
+    """Instruction for function problems (MBPP, APPS call-based)."""
+    stdio_instruction: str = (
+        "{statement}\n\n{tests}Write a complete Python 3 program that reads standard input and writes the answer "
+        "to standard output. Reply with the program in one ```python code block, with no explanation."
+    )
+    """Instruction for stdin/stdout problems (APPS, CodeContests)."""
+    humaneval_instruction: str = (
+        "Complete this Python function:\n```python\n{prompt}```\n"
+        "Reply with the complete function, including its imports, in one ```python code block, with no explanation."
+    )
+    """Instruction for problems whose prompt is the function's signature and docstring (HumanEval); {prompt} is raw."""
+    starter_section: str = "Start from this code:\n```python\n{prompt}\n```\n\n"
+    """How starter code (APPS call-based) is shown; {prompt} here is the raw starter code."""
+    tests_section: str = "Your code should pass these tests:\n{tests}\n\n"
+    """How public tests are shown; {tests} here is the list of tests, one per line."""
+    include_public_tests: bool = True
+    """Show the problem's public tests (MBPP asserts, CodeContests examples) in the prompt."""
+    max_tests_shown: int = 3
+    """At most this many public tests are shown."""
+
+    def __post_init__(self) -> None:
+        if self.style not in ("chat", "completion"):
+            raise ValueError(f"style {self.style!r} is unknown; use 'chat' or 'completion'")
+
+
+def continues_prompt(problem: Problem) -> bool:
+    """True when the problem's prompt is the start of the program (it defines the entry point)."""
+    return _defines(problem.prompt, problem.entry_point, top_level=True)
+
+
+def render_tests(problem: Problem, template: PromptTemplate) -> str:
+    """The public tests shown in the prompt, one per line (stdin tests as input/output pairs)."""
+    if not template.include_public_tests:
+        return ""
+    shown = [t for t in problem.tests if t.public][: template.max_tests_shown]
+    return "\n".join(_render_test(t) for t in shown)
+
+
+def _render_test(test: TestCase) -> str:
+    if test.kind == "stdio":
+        return f"Input:\n{test.input.rstrip()}\nOutput:\n{test.output.rstrip()}"
+    if test.kind == "call":
+        return f"{test.fn_name}({', '.join(map(repr, test.args))}) == {test.expected!r}"
+    return test.code.strip()
+
+
+def user_text(problem: Problem, template: PromptTemplate) -> str:
+    """The instruction for one problem (the chat user message)."""
+    tests = render_tests(problem, template)
+    fields: dict[str, Any] = {
+        "statement": problem.statement.strip(),
+        "entry_point": problem.entry_point,
+        "tests": template.tests_section.format(tests=tests) if tests else "",
+        "prompt": template.starter_section.format(prompt=problem.prompt.strip("\n")) if problem.prompt.strip() else "",
+    }
+    if continues_prompt(problem):
+        return template.humaneval_instruction.format(**{**fields, "prompt": _with_newline(problem.prompt)})
+    if problem.io_mode == "stdio":
+        return template.stdio_instruction.format(**fields)
+    return template.call_instruction.format(**fields)
+
+
+def build_messages(problem: Problem, template: PromptTemplate | None = None) -> list[dict[str, str]]:
+    """Chat messages for one problem (local chat template or an OpenAI-compatible API)."""
+    template = template or PromptTemplate()
+    if template.style != "chat":
+        raise ValueError("completion-style templates have no chat messages; use build_prompt, or style: chat")
+    system = [{"role": "system", "content": template.system}] if template.system else []
+    return [*system, {"role": "user", "content": user_text(problem, template)}]
+
+
+def build_prompt(problem: Problem, tokenizer: Any = None, template: PromptTemplate | None = None) -> str:
+    """The exact text the model continues: the chat template with a generation prompt, or plain text."""
+    template = template or PromptTemplate()
+    if template.style == "completion":
+        return completion_text(problem, template)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat-style prompts need a tokenizer with a chat template; use style: completion for base models")
+    return tokenizer.apply_chat_template(build_messages(problem, template), tokenize=False, add_generation_prompt=True)
+
+
+def completion_text(problem: Problem, template: PromptTemplate) -> str:
+    """Completion-style prompt: the raw prompt for HumanEval-like problems, else a docstring header."""
+    if continues_prompt(problem):
+        return problem.prompt
+    tests = render_tests(problem, template)
+    header = problem.statement.strip() + (f"\n\n{template.tests_section.format(tests=tests).rstrip()}" if tests else "")
+    return f'"""\n{header}\n"""\n' + (_with_newline(problem.prompt) if problem.prompt.strip() else "")
+
+
+def format_response(program: str, template: PromptTemplate | None = None, problem: Problem | None = None) -> str:
+    """What the model should emit for ``program`` (the training target before eos).
+
+    chat: the program in one fenced block; completion: the continuation of ``completion_text``
+    (for HumanEval-like problems the program minus the prompt it starts with).
+    """
+    template = template or PromptTemplate()
+    if template.style == "chat":
+        return f"```python\n{program}\n```"
+    if problem is not None:
+        prefix = completion_text(problem, template).lstrip("\n")  # extraction drops leading blank lines
+        if program.startswith(prefix):
+            return program[len(prefix) :]
+    return program
+
+
+def stop_strings(template: PromptTemplate | None = None, problem: Problem | None = None) -> list[str]:
+    """Strings that end generation (see the module docstring for the convention)."""
+    template = template or PromptTemplate()
+    if template.style == "chat":
+        return [CHAT_STOP]
+    if problem is None or continues_prompt(problem):
+        return list(FUNCTION_STOPS)
+    return list(PROGRAM_STOPS)
+
+
+def extract_program(text: str, problem: Problem, template: PromptTemplate | None = None) -> str:
+    """The runnable program in a model's output.
+
+    1. The first ```` ```python ```` (or untagged) fenced block; with several, the first that
+       defines the entry point. An unclosed final fence counts (generation stops before closing it).
+    2. Without a fence: the text minus leading / trailing prose lines that are not Python.
+    3. For problems whose prompt defines the entry point (HumanEval): an indented body gets the
+       prompt prepended; a full function gets the prompt's imports and helpers it lacks.
+    4. Call-based problems lose a top-level ``if __name__ == "__main__":`` block (it would read
+       stdin or print under the test harness); stdin problems keep it.
+
+    Returns "" for empty output; trailing whitespace is removed.
+    """
+    del template  # both styles share the format: fenced chat answers, bare completions
+    blocks = fenced_blocks(text)
+    if blocks:
+        code = next((b for b in blocks if problem.entry_point and _defines(b, problem.entry_point)), blocks[0])
+    else:
+        code = _strip_prose(text, problem)
+    code = _normalise(code)
+    if not code:
+        return ""
+    if continues_prompt(problem):
+        code = _complete_with_prompt(code, problem)
+    if problem.io_mode != "stdio":
+        code = _drop_main_block(code)
+    return code
+
+
+def fenced_blocks(text: str) -> list[str]:
+    """Contents of the Python (or untagged) fenced blocks in ``text``; an unclosed last block included."""
+    blocks: list[str] = []
+    current: list[str] | None = None
+    tag = ""
+    for line in text.split("\n"):
+        fence = line.strip().startswith("```")
+        if current is None:
+            if fence:
+                current, tag = [], line.strip()[3:].strip().lower()
+        elif fence:
+            if tag in _PY_FENCE_TAGS:
+                blocks.append("\n".join(current))
+            current = None
+        else:
+            current.append(line)
+    if current is not None and tag in _PY_FENCE_TAGS:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def _normalise(code: str) -> str:
+    """Leading blank lines and trailing whitespace off; a partial closing fence (```` `` ````) off."""
+    lines = code.rstrip().split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and set(lines[-1].strip()) <= {"`"} and lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines).rstrip()
+
+
+def _strip_prose(text: str, problem: Problem, max_scan: int = 20) -> str:
+    """Drop up to ``max_scan`` leading and trailing lines until the rest parses as Python."""
+    lines = text.strip("\n").split("\n")
+    n = len(lines)
+    for start in range(min(n, max_scan)):
+        for end in range(n, max(start, n - max_scan), -1):
+            chunk = "\n".join(lines[start:end])
+            if chunk.strip() and _parses(chunk, problem):
+                return chunk
+    return text
+
+
+def _parses(code: str, problem: Problem) -> bool:
+    if _compiles(code):
+        return True
+    return code[:1].isspace() and continues_prompt(problem) and _compiles(_prompt_head(problem) + code)
+
+
+def _complete_with_prompt(code: str, problem: Problem) -> str:
+    """Prepend the prompt to a body, or the prompt's missing imports / helpers to a full function."""
+    if not _defines(code, problem.entry_point):
+        if not code[:1].isspace():
+            return code  # neither a body nor the function: leave it for the tests to judge
+        full = _prompt_head(problem) + code
+        if not _compiles(full):  # a body indented with tabs under a space-indented docstring
+            expanded = "\n".join(_expand_leading_tabs(line) for line in code.split("\n"))
+            if _compiles(_prompt_head(problem) + expanded):
+                full = _prompt_head(problem) + expanded
+        return full
+    missing = _missing_prompt_parts(code, problem)
+    return "\n".join(missing) + "\n\n\n" + code if missing else code
+
+
+def _missing_prompt_parts(code: str, problem: Problem) -> list[str]:
+    """The prompt's import lines and helper functions / classes that ``code`` lacks (in prompt order)."""
+    try:
+        prompt_tree, code_tree = ast.parse(problem.prompt), ast.parse(code)
+    except SyntaxError:
+        return []
+    code_names = _bound_names(code_tree)
+    parts = []
+    for node in prompt_tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = {(a.asname or a.name).split(".")[0] for a in node.names}
+            if not names <= code_names:
+                parts.append(ast.get_source_segment(problem.prompt, node) or ast.unparse(node))
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name != problem.entry_point:
+            if node.name not in code_names:
+                parts.append(ast.get_source_segment(problem.prompt, node) or ast.unparse(node))
+    return parts
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+def _drop_main_block(code: str) -> str:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.split("\n")
+    for node in reversed(tree.body):
+        if isinstance(node, ast.If) and _is_main_guard(node.test):
+            del lines[node.lineno - 1 : node.end_lineno]
+    return "\n".join(lines).rstrip()
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    has_name = any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+    return has_name and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
+
+
+def _defines(code: str, name: str, top_level: bool = False) -> bool:
+    """True when ``code`` has a ``def name`` line (a regex, so that unfinished code still counts)."""
+    if not name:
+        return False
+    indent = "" if top_level else r"[ \t]*"
+    return re.search(rf"^{indent}(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
+
+
+def _compiles(code: str) -> bool:
+    try:
+        with warnings.catch_warnings():  # model code often has invalid escape sequences
+            warnings.simplefilter("ignore")
+            compile(code, "<candidate>", "exec")
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _expand_leading_tabs(line: str) -> str:
+    stripped = line.lstrip(" \t")
+    return line[: len(line) - len(stripped)].replace("\t", "    ") + stripped
+
+
+def _prompt_head(problem: Problem) -> str:
+    """The prompt as the start of a program: no leading blank lines, ending with a newline."""
+    return _with_newline(problem.prompt.lstrip("\n"))
+
+
+def _with_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
