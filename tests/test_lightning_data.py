@@ -40,7 +40,8 @@ def test_collator_masks_prompt_and_padding(smol_tokenizer):
         assert (labels[row, : len(prompt)] == IGNORE_INDEX).all()  # no loss on the prompt
         learned = labels[row, len(prompt) : length].tolist()
         assert learned[-1] == smol_tokenizer.eos_token_id
-        assert smol_tokenizer.decode(learned[:-1]) == format_response(exp.program, template)
+        problem = PROBLEMS[int(exp.problem_id.split("/")[1])]
+        assert smol_tokenizer.decode(learned[:-1]) == format_response(exp.program, template, problem)
         assert (labels[row, length:] == IGNORE_INDEX).all()  # nor on padding
 
 

@@ -34,7 +34,7 @@ class ReplayCollator:
         problem = self.problems[exp.problem_id]
         prompt = self.tokenizer(build_prompt(problem, self.tokenizer, self.template), add_special_tokens=False)
         prompt = prompt["input_ids"]
-        response = self.tokenizer(format_response(exp.program, self.template), add_special_tokens=False)
+        response = self.tokenizer(format_response(exp.program, self.template, problem), add_special_tokens=False)
         response = response["input_ids"] + [self.tokenizer.eos_token_id]
         if len(prompt) + len(response) > self.max_length:  # keep the prompt's end (the question)
             prompt = prompt[-max(self.max_length - len(response), self.max_length // 2) :]

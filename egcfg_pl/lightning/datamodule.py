@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,8 @@ from egcfg_pl.problems import ProblemSet, check_overlap
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.buffer import ReplayBuffer, ReplaySettings
 from egcfg_pl.replay.experience import Experience
+
+log = logging.getLogger(__name__)
 
 
 class ReplayStream(IterableDataset):
@@ -48,6 +51,7 @@ class BTPDataModule(L.LightningDataModule):
         eval_batch_size: int = 8,
         max_length: int = 1024,
         allow_overlap: bool = False,
+        drop_overlapping_train: bool = False,
     ) -> None:
         """
         Args:
@@ -59,6 +63,8 @@ class BTPDataModule(L.LightningDataModule):
             eval_batch_size: held-out problems generated together.
             max_length: token limit of prompt + program in training.
             allow_overlap: train even when train and held-out problems overlap (same id or same text).
+            drop_overlapping_train: remove the overlapping problems from the training set instead (MBPP repeats
+                3 statements between its train and test splits).
         """
         super().__init__()
         for name, value in (("batch_size", batch_size), ("samples_per_epoch", samples_per_epoch)):
@@ -77,7 +83,12 @@ class BTPDataModule(L.LightningDataModule):
             if self.train_set is None:
                 raise ValueError("data.train is required for fit: name the training problems (a ProblemSet)")
             self.train_problems = self.train_set.load()
-            check_overlap(self.train_problems, self.held_out_problems, allow=self.hparams.allow_overlap)
+            allow = self.hparams.allow_overlap or self.hparams.drop_overlapping_train
+            pairs = check_overlap(self.train_problems, self.held_out_problems, allow=allow)
+            if pairs and self.hparams.drop_overlapping_train:
+                dropped = {train_id for train_id, _ in pairs}
+                self.train_problems = [p for p in self.train_problems if p.id not in dropped]
+                log.warning("dropped %d training problems that overlap held-out ones: %s", len(dropped), sorted(dropped))
 
     def problems_by_id(self) -> dict[str, Problem]:
         return {p.id: p for p in [*self.train_problems, *self.held_out_problems]}

@@ -68,6 +68,7 @@ class BTPModule(L.LightningModule):
         self.model: Any = None
         self.tokenizer: Any = None
         self.evaluators: dict[str, HeldOutEvaluator] = {}
+        self.last_eval: dict[str, Any] = {}
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -146,11 +147,13 @@ class BTPModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self._evaluator(stage)
-        metrics = evaluator.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=True)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        metrics = evaluator.compute()  # collective under DDP: every rank computes
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+        if not self.trainer.sanity_checking:
             path = self.output_dir() / f"eval_{stage}_epoch{self.current_epoch}.json"
-            evaluator.write_report(path, config={"model": self.spec.name, "stage": stage, "epoch": self.current_epoch})
+            config = {"model": self.spec.name, "stage": stage, "epoch": self.current_epoch, "mode": self.hparams.mode}
+            evaluator.write_report(path, config)
+            self.last_eval = {"stage": stage, "path": str(path), **metrics}
             log.info("%s results: %s (%s)", stage, metrics, path)
         evaluator.reset()
 
