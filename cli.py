@@ -4,7 +4,6 @@
     python cli.py test --config configs/eval_humaneval_smollm2.yaml  # held-out evaluation
     python cli.py fit --config X.yaml --print_config                 # the complete, reproducible config
     python cli.py demo                                               # the offline demo (make demo)
-    python cli.py experiment --config configs/experiments_cpu.yaml    # steps 1-4 + big-to-small + report
     python cli.py evaluate --dataset humaneval --samples s.jsonl     # score existing samples
 """
 
@@ -15,12 +14,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("demo", "experiment", "evaluate"):
+    if argv and argv[0] in ("demo", "evaluate"):
         from importlib import import_module
 
         target = {
             "demo": "egcfg_pl.experiments.demo",
-            "experiment": "egcfg_pl.experiments.runner",
             "evaluate": "egcfg_pl.evaluate",
         }[argv[0]]
         import_module(target).main(argv[1:])
