@@ -1,0 +1,79 @@
+"""``CandidateScorer``: run candidates through an executor batch by batch, accumulating metrics and reports.
+
+Both ``evaluate_candidates`` (one shot, e.g. a samples file) and the Lightning held-out evaluation
+(one dataloader batch at a time, DDP) feed it; ``report()`` turns what it saw into an ``EvalReport``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from egcfg_pl.metrics.collection import CodeGenMetrics, first_candidate_index
+from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner, group_by_problem
+from egcfg_pl.problems.problem import Problem
+from egcfg_pl.sampling.candidate import Candidate, PossibilityForm
+
+
+class CandidateScorer:
+    def __init__(
+        self,
+        executor: ProgramRunner,
+        ks: Iterable[int] = (1, 10, 100),
+        p2value_alpha: float = 0.5,
+        possibility_form: PossibilityForm = "normalized",
+    ) -> None:
+        self.executor = executor
+        self.possibility_form = possibility_form
+        self.metrics = CodeGenMetrics(ks, p2value_alpha=p2value_alpha, possibility_form=possibility_form)
+        self.problems: list[ProblemReport] = []
+        self.unscored: list[str] = []
+
+    def score(
+        self,
+        problems: Sequence[Problem],
+        candidates: Iterable[Candidate],
+        gen_seconds: float = 0.0,
+        allow_missing: bool = False,
+    ) -> list[ProblemReport]:
+        """Test every candidate (one ``run_many`` call) and add the problems to the metrics.
+
+        ``gen_seconds`` (the generation time of this batch) is shared among problems by token count.
+        """
+        groups, missing = group_by_problem(problems, candidates, allow_missing)
+        self.unscored += missing
+        by_id = {p.id: p for p in problems}
+        jobs = [(by_id[pid], cand.program) for pid, group in groups.items() for cand in group]
+        verdicts = list(self.executor.run_many(jobs))
+        if len(verdicts) != len(jobs):
+            raise RuntimeError(f"executor returned {len(verdicts)} verdicts for {len(jobs)} programs")
+        total_tokens = max(sum(c.num_tokens for group in groups.values() for c in group), 1)
+        reports, start = [], 0
+        for pid, group in groups.items():
+            group_verdicts = verdicts[start : start + len(group)]
+            start += len(group)
+            tokens = sum(c.num_tokens for c in group)
+            self.metrics.update(by_id[pid], group, group_verdicts, gen_seconds * tokens / total_tokens, tokens)
+            first = first_candidate_index(group)
+            reports.append(ProblemReport.build(by_id[pid], group, group_verdicts, first, self.possibility_form))
+        self.problems += reports
+        return reports
+
+    def compute(self) -> dict[str, float]:
+        """Metrics over everything scored (DDP-synced by torchmetrics when a process group is up)."""
+        return self.metrics.compute()
+
+    def report(self, config: dict[str, Any] | None = None, problems: list[ProblemReport] | None = None) -> EvalReport:
+        return EvalReport(
+            metrics=self.compute(),
+            problems=self.problems if problems is None else problems,
+            config=dict(config or {}),
+            histograms=self.metrics.histograms(),
+            bin_edges=self.metrics.bin_edges,
+            missing_ks=list(self.metrics.missing_ks()),
+            unscored_problem_ids=list(self.unscored),
+        )
+
+    def reset(self) -> None:
+        self.metrics.reset()
+        self.problems, self.unscored = [], []
