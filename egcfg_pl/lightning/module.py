@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settings for resume)
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
@@ -76,10 +77,13 @@ class BTPModule(L.LightningModule):
             return
         self.tokenizer = load_tokenizer(self.spec)
         model = load_model(self.spec)
-        if self.lora is not None:
+        if self.lora is None:  # evaluation / btp_only: nothing is trained
+            model.requires_grad_(False)
+        else:
             model = apply_lora(model, self.lora)
             if self.hparams.gradient_checkpointing:
                 enable_gradient_checkpointing(model)
+            model.train()  # LoRA dropout active in training steps; samplers restore this mode after generating
         self.model = model
 
     def sampler(self, settings: GenerationSettings, name: str = "") -> HFSampler:

@@ -1,0 +1,72 @@
+"""How a local model generates candidates: beam search (BTP's default), greedy, or sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Strategy = Literal["beam", "greedy", "sample"]
+STRATEGIES: tuple[str, ...] = ("beam", "greedy", "sample")
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings for the local sampler (``HFSampler``)."""
+
+    strategy: Strategy = "beam"
+    """``beam`` (beam search, the paper's sampler), ``greedy`` (one candidate), or ``sample`` (nucleus sampling)."""
+    num_beams: int = 5
+    """Beam width for ``beam``; ignored otherwise."""
+    num_return_sequences: int = 5
+    """Candidates per problem: the best beams for ``beam`` (<= num_beams), independent samples for ``sample``;
+    ``greedy`` always returns 1."""
+    temperature: float = 0.8
+    """Softmax temperature for ``sample``. Candidate log-probs are always under the model itself (T = 1)."""
+    top_p: float = 0.95
+    """Nucleus mass for ``sample`` (1.0 disables it)."""
+    max_new_tokens: int = 384
+    """Generation budget per candidate, in tokens."""
+    batch_size: int = 8
+    """Problems per ``generate`` call; each expands to num_beams (or num_return_sequences) rows."""
+    seed: int = 0
+    """``sample`` reseeds torch with seed + iteration on every call (the global RNG is restored after)."""
+    length_buckets: bool = True
+    """Batch problems of similar prompt length together (less left padding); output order is unchanged."""
+    stop_strings: list[str] | None = None
+    """Generation of a candidate stops once its text contains one of these; ``None`` = the prompt template's
+    stop strings, ``[]`` = stop on EOS only. The text after the stop string is cut."""
+    progress: bool = True
+    """Show a tqdm progress bar over problems."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"GenerationSettings.strategy {self.strategy!r} is unknown; use one of {STRATEGIES}")
+        for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"GenerationSettings.{field} must be >= 1, got {getattr(self, field)}")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"GenerationSettings.num_return_sequences ({self.num_return_sequences}) must be <= num_beams "
+                f"({self.num_beams}) for beam search; raise num_beams or lower num_return_sequences"
+            )
+        if self.strategy == "sample" and self.temperature <= 0:
+            raise ValueError(
+                f"GenerationSettings.temperature must be > 0 for sampling, got {self.temperature}; "
+                "use strategy 'greedy' for deterministic decoding"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GenerationSettings.top_p must be in (0, 1], got {self.top_p}")
+        if self.stop_strings is not None and any(not s for s in self.stop_strings):
+            raise ValueError("GenerationSettings.stop_strings must not contain empty strings")
+
+    @property
+    def candidates_per_problem(self) -> int:
+        return 1 if self.strategy == "greedy" else self.num_return_sequences
+
+    @property
+    def rows_per_problem(self) -> int:
+        """Sequences decoded in parallel for one problem (beams for beam search)."""
+        return self.num_beams if self.strategy == "beam" else self.candidates_per_problem
