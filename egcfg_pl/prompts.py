@@ -64,6 +64,10 @@ class PromptTemplate:
     """Show the problem's public tests (MBPP asserts, CodeContests examples) in the prompt."""
     max_tests_shown: int = 3
     """At most this many public tests are shown."""
+    response_prefix: str = "```python\n"
+    """Chat style: text that opens the assistant's turn in the prompt, so the model starts inside the code block
+    (a small instruct model otherwise often opens with prose, and the closing-fence stop string would end it
+    there). "" for none. Only local models get it: chat APIs cannot prefill a turn."""
 
     def __post_init__(self) -> None:
         if self.style not in ("chat", "completion"):
@@ -123,7 +127,8 @@ def build_prompt(problem: Problem, tokenizer: Any = None, template: PromptTempla
         return completion_text(problem, template)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat-style prompts need a tokenizer with a chat template; use style: completion for base models")
-    return tokenizer.apply_chat_template(build_messages(problem, template), tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(build_messages(problem, template), tokenize=False, add_generation_prompt=True)
+    return chat + template.response_prefix
 
 
 def completion_text(problem: Problem, template: PromptTemplate) -> str:
@@ -143,7 +148,8 @@ def format_response(program: str, template: PromptTemplate | None = None, proble
     """
     template = template or PromptTemplate()
     if template.style == "chat":
-        return f"```python\n{program}\n```"
+        fenced = f"```python\n{program}\n```"
+        return fenced.removeprefix(template.response_prefix)  # the prompt already ends with the prefix
     if problem is not None:
         prefix = completion_text(problem, template).lstrip("\n")  # extraction drops leading blank lines
         if program.startswith(prefix):
@@ -174,7 +180,8 @@ def extract_program(text: str, problem: Problem, template: PromptTemplate | None
 
     Returns "" for empty output; trailing whitespace is removed.
     """
-    del template  # both styles share the format: fenced chat answers, bare completions
+    if template is not None and template.style == "chat":
+        text = template.response_prefix + text  # the prompt opened the block that ``text`` continues
     blocks = fenced_blocks(text)
     if blocks:
         code = next((b for b in blocks if problem.entry_point and _defines(b, problem.entry_point)), blocks[0])

@@ -8,6 +8,7 @@ Each rank writes its buffer state and step count to OUT_DIR/rank<N>.json.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def main() -> None:
     L.seed_everything(0)
     module, dm = tiny_module(model_dir), tiny_datamodule(train=6)
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, default_root_dir=str(out),
+        accelerator="cpu", devices=2, strategy=os.environ.get("DDP_STRATEGY", "ddp"), max_epochs=2, default_root_dir=str(out),
         callbacks=[refresh_callback()], enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=1.0, check_val_every_n_epoch=2, logger=False,
     )

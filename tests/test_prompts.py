@@ -54,7 +54,8 @@ def test_tests_hidden_or_capped_by_template(mbpp):
 def test_build_prompt_chat_uses_the_chat_template(mbpp, smol_tokenizer):
     text = build_prompt(mbpp, smol_tokenizer, CHAT)
     assert mbpp.statement in text and CHAT.system in text
-    assert text.endswith("<|im_start|>assistant\n")  # generation prompt of the SmolLM2 template
+    # generation prompt of the SmolLM2 template, then the opened code block
+    assert text.endswith("<|im_start|>assistant\n" + CHAT.response_prefix)
 
 
 def test_completion_prompts(humaneval, mbpp):

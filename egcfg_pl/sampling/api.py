@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import openai
@@ -150,11 +150,11 @@ def template_for(endpoint: Endpoint, template: PromptTemplate | None) -> PromptT
     """The prompt template, checked against the endpoint: chat takes messages, completions plain text."""
     style = TEMPLATE_STYLE[endpoint]
     if template is None:
-        return PromptTemplate(style=style)
+        template = PromptTemplate(style=style)
     if template.style != style:
         raise ValueError(f"ApiSettings.endpoint = {endpoint!r} needs a {style!r}-style prompt template, got "
                          f"style {template.style!r}: change one of the two")
-    return template
+    return replace(template, response_prefix="")  # a chat API cannot prefill the assistant's turn
 
 
 @dataclass(frozen=True)

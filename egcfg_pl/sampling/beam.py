@@ -2,10 +2,12 @@
 
 Each candidate's possibility comes from the model itself: ``logprob = Σ_i log p(t_i | X, t_<i)`` over the
 generated tokens that were kept (through the EOS or the token that completed a stop string; padding
-excluded), i.e. log P(t) with P(t) = Π p(token) as in the paper. It is recomputed by one teacher-forced
-forward pass over prompt + kept tokens instead of being read off the search: HF's beam ``sequences_scores``
-are divided by length**length_penalty, sampling scores are temperature/top-p warped, and a stop string can
-end inside a token, so the search's own scores are not the model's probability of what we keep.
+excluded), i.e. log P(t) with P(t) = Π p(token) as in the paper (stored once, never length-normalised).
+It is recomputed by teacher forcing over prompt + kept tokens (``sequence_logprobs``) instead of being read
+off the search: HF's beam ``sequences_scores`` are divided by length**length_penalty, sampling scores are
+temperature/top-p warped, and a stop string can end inside a token, so the search's own scores are not the
+model's probability of what we keep. Keeping the search's per-step scores instead would hold
+steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k vocabulary).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.settings import GenerationSettings
 
-LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits tensor of one rescoring forward pass
+LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits of one rescoring forward pass
+RESCORE_ROWS = 64  # rows re-scored together (the KV cache of these rows is held at once, as in generation)
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"  # 5.x name
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class StopStringTracker:
     def __init__(self, tokenizer, stops: Sequence[str]):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
-        self.window = max((len(s) for s in self.stops), default=0) + 2  # a char is at least one token
+        # every token decodes to >= 1 character, so L stop characters lie within the last L + 1 tokens
+        self.window = max((len(s) for s in self.stops), default=0) + 2
 
     def hit(self, ids: Sequence[int]) -> bool:
         if not self.stops or not len(ids):
@@ -132,47 +138,68 @@ def cut_generation(ids: Sequence[int], eos_ids: set[int], tracker: StopStringTra
     return ids if stop_at is None else ids[:stop_at]
 
 
-def _pad_rows(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], pad_id: int):
-    """``[left-padded prompt | right-padded continuation]`` ids, attention mask and position ids."""
-    p_len = max(len(p) for p in prompts)
-    g_len = max(len(c) for c in continuations)
-    ids, mask = [], []
-    for p, c in zip(prompts, continuations):
-        left, right = p_len - len(p), g_len - len(c)
-        ids.append([pad_id] * left + list(p) + list(c) + [pad_id] * right)
-        mask.append([0] * left + [1] * (len(p) + len(c)) + [0] * right)
-    ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
-    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-    return ids_t, mask_t, positions, g_len
+def pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` of ``rows`` padded to one length on the left or the right."""
+    width = max(len(r) for r in rows)
+    fill = [[pad_id] * (width - len(r)) for r in rows]
+    ids = [f + list(r) if left else list(r) + f for f, r in zip(fill, rows)]
+    mask = [[0] * len(f) + [1] * len(r) if left else [1] * len(r) + [0] * len(f) for f, r in zip(fill, rows)]
+    return torch.tensor(ids), torch.tensor(mask)
 
 
-def _vocab_size(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+def _shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """Distinct consecutive prompts and, per row, the index of its prompt (the beams of a problem share one)."""
+    unique: list[Sequence[int]] = []
+    owner: list[int] = []
+    for p in prompts:
+        if not unique or list(unique[-1]) != list(p):
+            unique.append(p)
+        owner.append(len(unique) - 1)
+    return unique, owner
 
 
 @torch.no_grad()
 def sequence_logprobs(
     model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], pad_id: int
 ) -> list[float]:
-    """Σ log p(continuation token | prompt, earlier tokens) per row, by teacher forcing (natural log).
+    """Σ_j log p(c_j | prompt, c_<j) per row by teacher forcing (natural log); prompts must be non-empty.
 
-    Rows are processed in chunks so the fp32 logits stay under ``LOGITS_BUDGET_BYTES``; only the logits of
-    the continuation positions are materialised (``logits_to_keep``).
+    Consecutive rows with the same prompt (the beams of one problem) share one prompt pass, whose KV
+    cache is copied to each row; the continuations then run through the cache in position slices so that
+    the fp32 logits stay under ``LOGITS_BUDGET_BYTES`` whatever the length.
     """
+    scores: list[float] = []
+    for start in range(0, len(prompts), RESCORE_ROWS):
+        rows = slice(start, start + RESCORE_ROWS)
+        scores += _score_rows(model, prompts[rows], continuations[rows], pad_id)
+    return scores
+
+
+def _score_rows(model, prompts, continuations, pad_id: int) -> list[float]:
     device = next(model.parameters()).device
-    g_max = max(len(c) for c in continuations)
-    per_row = (g_max + 1) * _vocab_size(model) * 4 * 2  # logits + log_softmax
-    chunk = max(1, LOGITS_BUDGET_BYTES // per_row)
-    out: list[float] = []
-    for start in range(0, len(prompts), chunk):
-        ids, mask, pos, g_len = _pad_rows(prompts[start : start + chunk], continuations[start : start + chunk], pad_id)
-        ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=g_len + 1, use_cache=False).logits
-        logits = logits[:, :-1].float()  # (rows, g_len, vocab): position P-1+j predicts continuation token j
-        targets = ids[:, -g_len:]  # (rows, g_len)
-        token_lp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-        out += (token_lp * mask[:, -g_len:]).sum(-1).tolist()
-    return out
+    unique, owner_list = _shared_prompts(prompts)
+    owner = torch.tensor(owner_list, device=device)
+    p_ids, p_mask = (t.to(device) for t in pad(unique, pad_id, left=True))  # (U, P)
+    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, CACHE_FIELD)
+    cache.reorder_cache(owner)  # (U, ...) -> (rows, ...): each row gets its prompt's keys/values
+    prev = out.logits[owner, -1].float()  # (rows, vocab): predicts continuation token 0
+    g_ids, g_mask = (t.to(device) for t in pad(continuations, pad_id, left=False))  # (rows, G)
+    mask, first_pos = p_mask[owner], p_pos[owner, -1:] + 1  # (rows, P), (rows, 1)
+    step = max(1, LOGITS_BUDGET_BYTES // (len(prompts) * prev.shape[-1] * 16))  # logits, copies, log_softmax
+    total = torch.zeros(len(prompts), device=device)
+    for j0 in range(0, g_ids.shape[1], step):
+        ids, keep = g_ids[:, j0 : j0 + step], g_mask[:, j0 : j0 + step]  # (rows, S)
+        mask = torch.cat([mask, keep], dim=1)
+        pos = first_pos + torch.arange(j0, j0 + ids.shape[1], device=device)
+        step_out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{CACHE_FIELD: cache})
+        logits = step_out.logits.float()  # (rows, S, vocab): output at token j predicts token j + 1
+        pred = torch.cat([prev[:, None], logits[:, :-1]], dim=1)  # (rows, S, vocab): predicts tokens j0..j0+S-1
+        token_lp = pred.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+        total += (token_lp * keep).sum(-1)
+        prev = logits[:, -1]
+    return total.tolist()
 
 
 def generation_config(settings: GenerationSettings, pad_id: int, eos_ids: list[int]) -> GenerationConfig:
@@ -270,9 +297,8 @@ class HFSampler:
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
                 for batch in batches:
-                    batch_problems = [problems[i] for i in batch]
-                    for index, gens in zip(batch, self._generate_batch(batch, batch_problems, [prompts[i] for i in batch])):
-                        results[index] = gens
+                    gens = self._generate_batch(batch, [problems[i] for i in batch], [prompts[i] for i in batch])
+                    results.update(zip(batch, gens))
                     bar.update(len(batch))
         finally:
             self.model.train(was_training)
@@ -295,9 +321,8 @@ class HFSampler:
         self, indices: list[int], problems: list[Problem], prompts: list[list[int]]
     ) -> list[list[Generation]]:
         device = next(self.model.parameters()).device
-        p_len = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_id] * (p_len - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) for p in prompts], device=device)
+        ids, mask = (t.to(device) for t in pad(prompts, self.pad_id, left=True))  # (batch, P)
+        p_len = ids.shape[1]
         trackers = [self.tracker(p) for p in problems]
         start = time.perf_counter()
         out = self.model.generate(

@@ -45,7 +45,8 @@ class SandboxConfig:
     """Size of the tmpfs that holds the work directories inside the sandbox, in MiB."""
 
     base_uid: int = 61000
-    """Programs of worker k run as uid ``base_uid + k`` (only when the executor runs as root)."""
+    """Programs of worker k run as uid ``base_uid + 64 * (pid % 1024) + k % 64`` (pid = the executor's
+    process), so concurrent executors rarely share a uid; used only when the executor runs as root."""
 
     preimport: tuple[str, ...] = (
         "collections", "itertools", "functools", "heapq", "bisect", "math", "re", "string",

@@ -93,7 +93,7 @@ class Executor:
                     continue
                 seconds += float(raw["seconds"])
                 for check, r in zip(checks, raw["results"]):
-                    results[check.index] = judge(check, r)
+                    results[check.index] = _oom(judge(check, r), raw["oom_killed"])
         finally:
             self._idle.put(worker)
         return Verdict(problem.id, tuple(r for r in results if r is not None), seconds)
@@ -120,3 +120,10 @@ class Executor:
                 self.close()
         except Exception:
             pass
+
+
+def _oom(result: TestResult, oom_killed: bool) -> TestResult:
+    """A SIGKILL during a job in which the cgroup OOM-killed something is a memory verdict."""
+    if oom_killed and result.status is Status.KILLED and "SIGKILL" in result.detail:
+        return TestResult(Status.MEMORY, result.seconds, "out of memory (cgroup limit)")
+    return result

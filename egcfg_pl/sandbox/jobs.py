@@ -16,7 +16,7 @@ from typing import Any
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import compare
 from egcfg_pl.sandbox.config import SandboxConfig
-from egcfg_pl.sandbox.server import decode_value, encode_value
+from egcfg_pl.sandbox.values import decode_value, encode_value
 from egcfg_pl.sandbox.verdict import Status, TestResult
 
 _NO_LITERAL = object()

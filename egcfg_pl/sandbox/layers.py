@@ -13,6 +13,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from egcfg_pl.sandbox import cgroups
+
 REQUIRED = ("net-namespace", "readonly-root", "pid-namespace-or-uid-kill", "uid-drop")
 NAMESPACE_FLAGS = ("--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts", "--mount")
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -29,6 +31,7 @@ class Plan:
     root: bool  # running as root: programs get their own unprivileged uid
     layers: tuple[str, ...]
     missing: tuple[str, ...]
+    cgroups: bool = False  # per-worker memory + pids cgroups
 
 
 def interpreter() -> str:
@@ -66,7 +69,9 @@ def plan(isolation: str) -> Plan:
     """Resolve ``SandboxConfig.isolation`` to a launch plan with its active and missing layers."""
     root = os.geteuid() == 0
     use_ns = isolation == "namespaces" or (isolation == "auto" and namespaces_available())
+    use_cg = cgroups.available()
     common = ("rlimits", "new-session", "no-new-privs", "env-scrub", "python-isolated(-I)", "audit-hook")
+    common += ("cgroup-memory+pids",) if use_cg else ()
     if use_ns:
         if not namespaces_available():
             raise RuntimeError("SandboxConfig.isolation='namespaces' but `unshare` cannot create namespaces "
@@ -78,7 +83,7 @@ def plan(isolation: str) -> Plan:
             layers += ("uid-drop",)
         missing = tuple(r for r in REQUIRED if r not in layers)
         prefix = ("unshare", *_user_flags(), *NAMESPACE_FLAGS)
-        return Plan("namespaces", prefix, True, root, layers + common, missing)
+        return Plan("namespaces", prefix, True, root, layers + common, missing, use_cg)
     layers = ("uid-drop", "pid-namespace-or-uid-kill") if root else ()
     missing = tuple(r for r in REQUIRED if r not in layers)
-    return Plan("process", (), False, root, layers + common, missing)
+    return Plan("process", (), False, root, layers + common, missing, use_cg)

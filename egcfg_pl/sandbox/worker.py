@@ -12,11 +12,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from egcfg_pl.sandbox import layers
+from egcfg_pl.sandbox import cgroups, layers
 from egcfg_pl.sandbox.config import SandboxConfig
 
-SERVER_SOURCE = Path(__file__).with_name("server.py").read_text()
+SERVER_PARTS = ("values.py", "rootfs.py", "harness.py", "server.py")
+
+
+def server_source() -> str:
+    """The fork server as one ``python -c`` program: its parts in order, minus their package imports
+    (``# inlined`` lines), since the sandbox cannot import ``egcfg_pl``."""
+    here = Path(__file__).parent
+    parts = [(here / name).read_text() for name in SERVER_PARTS]
+    lines = [line for part in parts for line in part.splitlines() if not line.endswith("# inlined")]
+    return "\n".join(lines) + "\n"
+
+
+SERVER_SOURCE = server_source()
 STARTUP_SECONDS = 30.0
+
+
+def program_uid(base_uid: int, index: int) -> int:
+    """Unprivileged uid for worker ``index``'s programs: distinct per worker and, with high
+    probability, per executor process (RLIMIT_NPROC counts per uid, so executors must not share)."""
+    return base_uid + 64 * (os.getpid() % 1024) + index % 64
 
 
 class WorkerError(RuntimeError):
@@ -30,6 +48,10 @@ class Worker:
         self.plan, self.config, self.index = plan, config, index
         self.proc: subprocess.Popen | None = None
         self._buf = b""
+        self.cgroups: cgroups.WorkerCgroups | None = None
+        if plan.cgroups:
+            mem = (config.memory_mb + config.tmp_mb + 256) * 2**20  # program + its files + the server
+            self.cgroups = cgroups.WorkerCgroups(mem, config.max_processes + 8)
         self.start()
 
     def _server_config(self) -> dict[str, Any]:
@@ -37,7 +59,7 @@ class Worker:
             "chroot": self.plan.chroot,
             "ro_paths": layers.readonly_paths(),
             "tmp_mb": self.config.tmp_mb,
-            "uid": self.config.base_uid + self.index if self.plan.root else None,
+            "uid": program_uid(self.config.base_uid, self.index) if self.plan.root else None,
             "env": layers.ENV,
             "work_root": "/tmp" if self.plan.chroot else tempfile.mkdtemp(prefix="egcfg-sandbox-"),
             "preimport": list(self.config.preimport),
@@ -49,6 +71,8 @@ class Worker:
             os.chmod(cfg["work_root"], 0o755)
         self._work_root = None if self.plan.chroot else cfg["work_root"]
         cmd = [*self.plan.prefix, layers.interpreter(), "-I", "-c", SERVER_SOURCE, json.dumps(cfg)]
+        if self.cgroups is not None:
+            cmd = self.cgroups.wrap(cmd)
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=dict(layers.ENV), cwd="/", start_new_session=True)
@@ -75,8 +99,12 @@ class Worker:
         return json.loads(line)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        """Send a job, wait for its result. None (and a restarted server) when the server broke."""
+        """Send a job, wait for its result. None (and a restarted server) when the server broke.
+
+        ``result["oom_killed"]`` is True when the kernel OOM-killed a process of this job (cgroup limit).
+        """
         assert self.proc is not None and self.proc.stdin is not None
+        ooms = self.cgroups.oom_kills() if self.cgroups is not None else 0
         n = len(job["tests"])
         budget = job["limits"]["timeout"] * (2 * n + 2) + 10.0  # the server enforces the real limits
         try:
@@ -88,6 +116,7 @@ class Worker:
         if result is None or "server_error" in result:
             self.restart()
             return None
+        result["oom_killed"] = self.cgroups is not None and self.cgroups.oom_kills() > ooms
         return result
 
     def restart(self) -> None:
@@ -119,6 +148,11 @@ class Worker:
         """Polite shutdown: EOF on stdin ends the server (and its namespace); then make sure."""
         if self.proc is None:
             return
+        self._shutdown()
+        if self.cgroups is not None:
+            self.cgroups.remove()
+
+    def _shutdown(self) -> None:
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
