@@ -119,6 +119,11 @@ class BTPModule(L.LightningModule):
         schedule = self.hparams.scheduler
         return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[schedule]
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, list):  # held-out problems (frozen records): the sampler moves its own tensors
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     # -- checkpoints and adapter ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable weights: the frozen base model is reloaded from its source on resume."""
@@ -136,8 +141,10 @@ class BTPModule(L.LightningModule):
         return Path(root)
 
     def on_train_epoch_end(self) -> None:
-        if self.lora is not None and self.trainer.is_global_zero:
-            self.model.save_pretrained(self.adapter_dir())
+        if self.lora is not None:
+            path = self.adapter_dir()  # trainer.log_dir broadcasts: every rank must ask
+            if self.trainer.is_global_zero:
+                self.model.save_pretrained(path)
 
     # -- held-out evaluation --------------------------------------------------------------------------
     def _evaluator(self, stage: str) -> HeldOutEvaluator:

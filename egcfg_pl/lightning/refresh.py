@@ -118,8 +118,10 @@ class ReplayRefresh(L.Callback):
             "refresh/new": float(added),
         }
         self._log(trainer, pl_module, experiences)
-        if self.save_experiences and trainer.is_global_zero:
-            self._append(trainer, experiences)
+        if self.save_experiences:
+            folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a collective: every rank asks
+            if trainer.is_global_zero:
+                self._append(folder, trainer.current_epoch, experiences)
 
     def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
         """Sample and test one shard of problems; returns the experiences (not yet in the buffer)."""
@@ -156,11 +158,11 @@ class ReplayRefresh(L.Callback):
                 writer.add_histogram("refresh/possibility", torch.tensor(known), step)
         log.info("refresh epoch %d: %s", trainer.current_epoch, self.last_stats)
 
-    def _append(self, trainer: L.Trainer, experiences: list[Experience]) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+    @staticmethod
+    def _append(folder: Path, epoch: int, experiences: list[Experience]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "experiences.jsonl", "a", encoding="utf-8") as f:
             for exp in experiences:
-                f.write(json.dumps({"epoch": trainer.current_epoch, **experience_to_dict(exp)}) + "\n")
+                f.write(json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
