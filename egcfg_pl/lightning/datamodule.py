@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -17,6 +17,24 @@ from egcfg_pl.replay.buffer import ReplayBuffer, ReplaySettings
 from egcfg_pl.replay.experience import Experience
 
 log = logging.getLogger(__name__)
+
+
+class RecordBatch:
+    """A batch of frozen records (problems, experiences) that Lightning must pass through untouched.
+
+    Not a list or dataclass on purpose: Lightning's device transfer and precision plugins recurse into
+    those and cannot rebuild frozen dataclasses.
+    """
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def keep_as_is(batch: list[Experience]) -> RecordBatch:
+    return RecordBatch(batch)
 
 
 class ReplayStream(IterableDataset):
@@ -99,11 +117,13 @@ class BTPDataModule(L.LightningDataModule):
         steps = math.ceil(self.hparams.samples_per_epoch / (self.hparams.batch_size * world))
         module = trainer.lightning_module
         stream = ReplayStream(self.buffer, steps, self.hparams.batch_size, trainer.global_rank, world)
+        if module.hparams.mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
+            return DataLoader(stream, batch_size=None, collate_fn=keep_as_is)
         collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
         return DataLoader(stream, batch_size=None, collate_fn=collate)
 
     def _problem_loader(self) -> DataLoader:
-        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=list)
+        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=RecordBatch)
 
     def val_dataloader(self) -> DataLoader:
         return self._problem_loader()

@@ -12,9 +12,12 @@ import lightning as L
 import torch
 
 import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settings for resume)
+from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
+from egcfg_pl.sampling.api import ApiSettings
+from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sampling.beam import HFSampler
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import SandboxConfig
@@ -39,6 +42,7 @@ class BTPModule(L.LightningModule):
         scheduler: Literal["constant", "linear", "cosine"] = "constant",
         gradient_checkpointing: bool = False,
         results_dir: str | None = None,
+        api: ApiSettings | None = None,
     ) -> None:
         """
         Args:
@@ -56,10 +60,21 @@ class BTPModule(L.LightningModule):
             scheduler: learning-rate schedule after warm-up.
             gradient_checkpointing: trade compute for memory on long programs.
             results_dir: where evaluation JSON goes (default: the logger's folder).
+            api: the ``openai`` / ``deepseek`` modes: an OpenAI-compatible API is the model — it writes the
+                refresh candidates and the held-out answers, and no local model is loaded (needs
+                ``mode: btp_only``). For ``hybrid`` (API source, local LoRA target) set the refresh
+                callback's ``source_api`` instead.
         """
         super().__init__()
         self.save_hyperparameters()
         self.spec = model or ModelSpec()
+        if api is not None and mode != "btp_only":
+            raise ValueError(
+                "model.api makes an API the model (openai / deepseek modes) and needs model.mode: btp_only; "
+                "to fine-tune a local target on API samples (hybrid), set the ReplayRefresh callback's source_api"
+            )
+        self.api = api
+        self._api_sampler: Any = None
         self.lora = None if mode == "btp_only" else lora
         self.template = template or PromptTemplate()
         self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
@@ -73,7 +88,7 @@ class BTPModule(L.LightningModule):
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is not None:
+        if self.model is not None or self.api is not None:
             return
         self.tokenizer = load_tokenizer(self.spec)
         model = load_model(self.spec)
@@ -86,8 +101,15 @@ class BTPModule(L.LightningModule):
             model.train()  # LoRA dropout active in training steps; samplers restore this mode after generating
         self.model = model
 
-    def sampler(self, settings: GenerationSettings, name: str = "") -> HFSampler:
-        """A sampler over the current weights (LoRA active) — used by refresh and evaluation."""
+    def sampler(self, settings: GenerationSettings, name: str = "") -> Sampler:
+        """The model as a sampler: the current local weights (LoRA active), or the API of the openai /
+        deepseek modes (whose own settings then decide n and decoding). Used by refresh and evaluation."""
+        if self.api is not None:
+            if self._api_sampler is None:
+                from egcfg_pl.sampling.api import ApiSampler
+
+                self._api_sampler = ApiSampler(self.api, self.template)
+            return self._api_sampler
         return HFSampler(self.model, self.tokenizer, settings, self.template, name=name or self.spec.name)
 
     # -- training --------------------------------------------------------------------------------------
@@ -119,11 +141,6 @@ class BTPModule(L.LightningModule):
         schedule = self.hparams.scheduler
         return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[schedule]
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, list):  # held-out problems (frozen records): the sampler moves its own tensors
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     # -- checkpoints and adapter ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable weights: the frozen base model is reloaded from its source on resume."""
@@ -152,9 +169,8 @@ class BTPModule(L.LightningModule):
             self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage)
         return self.evaluators[stage]
 
-    def _eval_step(self, stage: str, problems: list) -> None:
-        sampler = self.sampler(self.generation)
-        self._evaluator(stage).step(sampler, problems)
+    def _eval_step(self, stage: str, batch: RecordBatch) -> None:
+        self._evaluator(stage).step(self.sampler(self.generation), batch.items)
 
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self._evaluator(stage)
@@ -162,19 +178,19 @@ class BTPModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if not self.trainer.sanity_checking:
             path = self.output_dir() / f"eval_{stage}_epoch{self.current_epoch}.json"
-            config = {"model": self.spec.name, "stage": stage, "epoch": self.current_epoch, "mode": self.hparams.mode}
+            config = {"model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": self.current_epoch, "mode": self.hparams.mode}
             evaluator.write_report(path, config)
             self.last_eval = {"stage": stage, "path": str(path), **metrics}
             log.info("%s results: %s (%s)", stage, metrics, path)
         evaluator.reset()
 
-    def validation_step(self, batch: list, batch_idx: int) -> None:
+    def validation_step(self, batch: RecordBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: list, batch_idx: int) -> None:
+    def test_step(self, batch: RecordBatch, batch_idx: int) -> None:
         self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
