@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-sandbox clean
+.PHONY: install demo test test-fast bench bench-sandbox bench-sampling clean
 
 install: $(STAMP)
 
@@ -38,7 +38,10 @@ test-fast: $(STAMP)
 bench-sandbox: $(STAMP)
 	$(PY) -m benchmarks.sandbox
 
-bench: bench-sandbox
+bench-sampling: $(STAMP)
+	$(PY) -m benchmarks.sampling
+
+bench: bench-sandbox bench-sampling
 
 clean:
 	rm -rf $(VENV) checkpoints/* .pytest_cache
