@@ -15,8 +15,11 @@ from egcfg_pl.lightning.module import BTPModule
 
 class BTPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
-        # The sampler prompt and the training prompt must agree: one template, on the module.
         parser.add_argument("--log_level", default="INFO", help="Python logging level")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        configure_logging(config.log_level)
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI:

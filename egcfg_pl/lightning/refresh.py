@@ -138,9 +138,8 @@ class ReplayRefresh(L.Callback):
         metric = self._p2metric.to(device)
         if local:
             possibility = [float("nan") if e.possibility is None else e.possibility for e in local]
-            metric.update(
-                torch.tensor([e.p2value for e in local]), torch.tensor(possibility), torch.tensor([e.pass_rate for e in local])
-            )
+            as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+            metric.update(as_tensor([e.p2value for e in local]), as_tensor(possibility), as_tensor([e.pass_rate for e in local]))
         values = {f"refresh/{k}": float(v) for k, v in metric.compute().items()}
         metric.reset()
         return values

@@ -188,7 +188,7 @@ def _score_rows(model, prompts, continuations, pad_id: int) -> list[float]:
     g_ids, g_mask = (t.to(device) for t in pad(continuations, pad_id, left=False))  # (rows, G)
     mask, first_pos = p_mask[owner], p_pos[owner, -1:] + 1  # (rows, P), (rows, 1)
     step = max(1, LOGITS_BUDGET_BYTES // (len(prompts) * prev.shape[-1] * 16))  # logits, copies, log_softmax
-    total = torch.zeros(len(prompts), device=device)
+    total = torch.zeros(len(prompts), dtype=torch.float64, device=device)  # whatever the default dtype
     for j0 in range(0, g_ids.shape[1], step):
         ids, keep = g_ids[:, j0 : j0 + step], g_mask[:, j0 : j0 + step]  # (rows, S)
         mask = torch.cat([mask, keep], dim=1)

@@ -1,0 +1,138 @@
+"""The campaign report: ``report.md`` with one table per step, and its plots (PNG).
+
+Per step: a bar chart of pass@1 and the average test pass rate per variant with 95% error bars (the
+untrained baseline first), and the P2Value histogram of each fine-tuned variant's replay buffer. Built
+with ``matplotlib.figure.Figure`` (no pyplot, no GUI backend), so it runs headless.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from egcfg_pl.metrics.report import atomic_write_text
+
+TITLES = {
+    "step1_baseline": "Step 1: sample-and-filter baseline",
+    "step2_btp": "Step 2: BTP (P2Value-prioritized replay)",
+    "step3_ablation": "Step 3: replay strategy ablation",
+    "step4_hyperparams": "Step 4: hyperparameter study",
+    "big_to_small": "Big-to-small",
+}
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) for the untrained baseline and every variant, in order."""
+    return [("untrained", result["untrained"])] + [(v["name"], v) for v in result["variants"]]
+
+
+def _error_bars(entries: list[dict[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    means = np.array([e["held_out"][metric]["mean"] for e in entries], dtype=float)
+    ci = np.array([e["held_out"][metric]["ci95"] for e in entries], dtype=float)
+    return means, np.vstack([means - ci[:, 0], ci[:, 1] - means]).clip(min=0)
+
+
+def plot_metrics(result: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: pass@1 and average test pass rate per variant, 95% intervals as error bars."""
+    labels, entries = zip(*_rows(result))
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for offset, metric in ((-0.2, "pass@1"), (0.2, "avg_pass_rate")):
+        means, err = _error_bars(list(entries), metric)
+        ax.bar(x + offset, means, 0.4, yerr=err, capsize=3, label=metric)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out score (95% CI)")
+    n = result["untrained"]["held_out"]["num_problems"]
+    ax.set_title(f"{TITLES.get(result['step'], result['step'])} ({n} held-out problems)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_p2value(result: dict[str, Any], path: Path) -> Path | None:
+    """Step histogram of the replay buffer's P2Values, one line per fine-tuned variant; None without buffers."""
+    buffers = [(v["name"], v["buffer"]) for v in result["variants"] if v.get("buffer") and v["buffer"].get("size")]
+    if not buffers:
+        return None
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for name, buffer in buffers:
+        hist = buffer["p2value_hist"]
+        ax.stairs(hist["counts"], hist["edges"], label=f"{name} ({int(buffer['size'])})")
+    ax.set_xlabel("P2Value = α·possibility + (1−α)·pass rate")
+    ax.set_ylabel("experiences in buffer")
+    ax.set_title(f"{TITLES.get(result['step'], result['step'])}: replay buffer", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _interval(stat: dict[str, Any]) -> str:
+    lo, hi = stat["ci95"]
+    return f"{stat['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _delta(entry: dict[str, Any], metric: str) -> str:
+    cmp = entry.get("vs_untrained")
+    if not cmp or cmp["delta"][metric]["mean"] is None:
+        return "–"
+    d = cmp["delta"][metric]
+    return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def _table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| variant | pass@1 [95% CI] | Δ pass@1 vs untrained | avg pass rate [95% CI] | Δ avg pass rate | RSR | steps | buffer (solved problems) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in _rows(result):
+        held = entry["held_out"]
+        cmp = entry.get("vs_untrained") or {}
+        rsr = cmp.get("rsr_pass@1")
+        rsr_text = "–" if not cmp else ("undefined" if rsr is None else f"{rsr:.2f}")
+        buffer = entry.get("buffer") or {}
+        buf = f"{int(buffer['size'])} ({int(buffer.get('problems_solved', 0))})" if buffer else "–"
+        lines.append(
+            f"| {label} | {_interval(held['pass@1'])} | {_delta(entry, 'pass@1')} | {_interval(held['avg_pass_rate'])}"
+            f" | {_delta(entry, 'avg_pass_rate')} | {rsr_text} | {entry.get('optimizer_steps', 0)} | {buf} |"
+        )
+    return lines
+
+
+def step_section(result: dict[str, Any], folder: Path) -> list[str]:
+    step = result["step"]
+    lines = [f"## {TITLES.get(step, step)}", ""]
+    lines += _table(result)
+    lines.append("")
+    if step == "big_to_small":
+        target = result["variants"][-1]
+        rsr = target["vs_source"]["rsr_pass@1"]
+        lines.append(f"Target vs source pass@1 RSR: {'undefined' if rsr is None else f'{rsr:.2f}'}.")
+        lines.append("")
+    lines += [f"- {note}" for note in result.get("caveats", [])]
+    lines.append("")
+    lines.append(f"![{step} metrics]({plot_metrics(result, folder / f'{step}_metrics.png').name})")
+    hist = plot_p2value(result, folder / f"{step}_p2value.png")
+    if hist is not None:
+        lines.append(f"![{step} P2Value]({hist.name})")
+    lines += ["", f"Details: `{step}.json` (per-variant metrics, evaluation JSON paths, buffer statistics).", ""]
+    return lines
+
+
+def write_report(folder: Path, results: dict[str, dict[str, Any]], header: list[str]) -> Path:
+    """``folder/report.md`` and its PNGs from the step results (in the order given)."""
+    lines = ["# BTP experiments", "", *header, ""]
+    lines += [
+        "pass@1 intervals: Wilson (one greedy answer per problem) or bootstrap over problems; Δ: paired bootstrap "
+        "over the same held-out problems; RSR = pass@1 / untrained pass@1. A sample-and-filter or other variant "
+        "with 0 optimizer steps is the untrained model.",
+        "",
+    ]
+    for result in results.values():
+        lines += step_section(result, folder)
+    return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")

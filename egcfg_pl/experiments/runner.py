@@ -1,0 +1,171 @@
+"""Run a campaign: the chosen steps, one JSON per step, then ``report.md`` with plots.
+
+    python cli.py experiment --config configs/experiments_cpu.yaml [--steps '[step2_btp]'] [--force]
+
+Layout of ``<output_dir>/<name>/``:
+
+- ``config.yaml``: the resolved spec (rerun it with ``--config``);
+- ``<step>.json``: written atomically when the step ends; a rerun skips steps whose JSON exists;
+- ``runs/<key>/``: one folder per distinct variant (its settings hash): ``record.json``, the held-out
+  evaluation JSON, the adapter, ``experiences.jsonl``, TensorBoard logs. A variant shared by two steps
+  (the ablation's ``power`` is step 2's run) runs once; an interrupted campaign reruns only unfinished ones;
+- ``report.md`` and ``<step>_*.png``.
+
+``--force`` redoes the chosen steps and their variants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+from egcfg_pl.experiments.report import write_report
+from egcfg_pl.experiments.run import run_variant
+from egcfg_pl.experiments.spec import STEPS, ExperimentSpec
+from egcfg_pl.experiments.steps import Variant, assemble, variant_settings
+from egcfg_pl.lightning.cli import configure_logging
+from egcfg_pl.metrics.report import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses to dicts, tuples to lists, non-finite floats to null (JSON has no NaN)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+class Campaign:
+    """Runs variants once each (cached on disk by settings hash) and steps once each (skipped when done)."""
+
+    def __init__(self, spec: ExperimentSpec, force: bool = False) -> None:
+        self.spec, self.force = spec, force
+        self.root = Path(spec.output_dir) / spec.name
+        self.samples: dict | None = {} if spec.share_initial_samples else None
+        self.done: dict[str, dict[str, Any]] = {}  # variant key -> record, this session
+
+    def spec_hash(self) -> str:
+        """Identity of what the steps compute (everything but the step list and where results go)."""
+        spec = {k: v for k, v in jsonable(self.spec).items() if k not in ("steps", "output_dir", "name")}
+        return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+    def key(self, variant: Variant) -> str:
+        settings = variant_settings(self.spec.run, variant)
+        identity = {"settings": jsonable(settings), "train": variant.train, "stop_if_empty": variant.stop_if_empty,
+                    "share_initial_samples": self.spec.share_initial_samples}
+        return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+    def variant(self, variant: Variant) -> dict[str, Any]:
+        """The variant's record: from this session, from disk (unless ``force``), or by running it."""
+        key = self.key(variant)
+        if key in self.done:
+            return self.done[key]
+        folder = self.root / "runs" / key
+        path = folder / "record.json"
+        if path.is_file() and not self.force:
+            log.info("variant %s: reusing %s", variant.name, path)
+            record = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            log.info("variant %s: running in %s", variant.name, folder)
+            shutil.rmtree(folder, ignore_errors=True)  # experiences.jsonl is appended to: start clean
+            settings = variant_settings(self.spec.run, variant)
+            record = {"key": key, "first_name": variant.name, "folder": str(folder),
+                      **run_variant(settings, folder, variant.train, self.samples, variant.stop_if_empty)}
+            write_json(path, record)
+        self.done[key] = record
+        return record
+
+    def step(self, step: str) -> dict[str, Any]:
+        path = self.root / f"{step}.json"
+        if path.is_file() and not self.force:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if result.get("spec_hash") != self.spec_hash():
+                log.warning("step %s: %s was written by a different spec; --force redoes it with this one", step, path)
+            log.info("step %s: done already (%s); --force redoes it", step, path)
+            return result
+        start = time.perf_counter()
+        result = assemble(step, self.spec, self.variant)
+        result["seconds"] = time.perf_counter() - start
+        result["base_run"] = self.spec.run
+        result["spec_hash"] = self.spec_hash()
+        write_json(path, result)
+        log.info("step %s: written %s (%.0f s)", step, path, result["seconds"])
+        return result
+
+    def run(self) -> Path:
+        """The chosen steps, then the report over every finished step of this campaign folder."""
+        results = {step: self.step(step) for step in self.spec.steps}
+        for step in STEPS:
+            path = self.root / f"{step}.json"
+            if step not in results and path.is_file():
+                results[step] = json.loads(path.read_text(encoding="utf-8"))
+        return write_report(self.root, {s: results[s] for s in STEPS if s in results}, self.header())
+
+    def header(self) -> list[str]:
+        run = self.spec.run
+        source = run.sampling
+        return [
+            f"- target model: `{run.model.name}` (dtype {run.model.dtype}, precision {run.precision}), LoRA r={run.lora.r}",
+            f"- training problems: {run.train.dataset}/{run.train.split} limit {run.train.limit}; held out: "
+            f"{run.held_out.dataset}/{run.held_out.split} offset {run.held_out.offset} limit {run.held_out.limit}",
+            f"- refresh sampling: {source.strategy}, {source.num_return_sequences} candidates/problem, "
+            f"max {source.max_new_tokens} new tokens; held-out: {run.evaluation.strategy}",
+            f"- {run.max_epochs} BTP iteration(s), {run.samples_per_epoch} replay draws each (batch {run.batch_size}), seed {run.seed}",
+        ]
+
+
+def build_parser() -> ArgumentParser:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog="cli.py experiment", description=__doc__, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with the ExperimentSpec fields")
+    parser.add_class_arguments(ExperimentSpec)
+    parser.add_argument("--force", action="store_true", help="redo the chosen steps even if their JSON exists")
+    parser.add_argument("--log_level", default="INFO", help="Python logging level")
+    return parser
+
+
+def parse_spec(argv: list[str] | None = None) -> tuple[ExperimentSpec, Any, ArgumentParser]:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    init = parser.instantiate(cfg)
+    fields = {f.name: getattr(init, f.name) for f in dataclasses.fields(ExperimentSpec)}
+    return ExperimentSpec(**fields), cfg, parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    spec, cfg, parser = parse_spec(argv)
+    configure_logging(cfg.log_level)
+    campaign = Campaign(spec, force=cfg.force)
+    campaign.root.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(parser.dump(cfg))
+    for key in ("config", "force", "log_level"):
+        config.pop(key, None)
+    atomic_write_text(campaign.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    report = campaign.run()
+    print(f"report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The campaign's steps as lists of variants of the base run, and how a step's results are assembled.
+
+A variant is the base run with a few fields changed (``changes``, dotted paths); every variant goes
+through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
+RSR (pass@1 ratio) and paired differences with 95% intervals are taken against it.
+
+- step1_baseline: sample-and-filter (rejection-sampling fine-tuning). The same sampler and budget as BTP,
+  but the buffer keeps only programs that pass every test (``replay.min_pass_rate: 1``) and draws
+  uniformly. If nothing passes, no optimizer step is taken and the untrained evaluation stands for it.
+- step2_btp: the base run (power draws on P2Value, paper Eqs. 5-6).
+- step3_ablation: one variant per replay draw strategy.
+- step4_hyperparams: the grid of P2Value α × draw exponent a.
+- big_to_small: a separate source model writes the candidates; the source is evaluated too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from egcfg_pl.experiments.spec import ExperimentSpec, RunSettings
+from egcfg_pl.experiments.stats import paired_delta, per_problem, summarize_eval
+from egcfg_pl.metrics.report import EvalReport
+from egcfg_pl.metrics.rsr import relative_success_rate
+
+METRICS = ("pass@1", "avg_pass_rate")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The base run with ``changes`` applied (``{"replay.strategy": "rank"}``)."""
+
+    name: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    train: bool = True
+    stop_if_empty: bool = False
+
+
+UNTRAINED = Variant("untrained", train=False)
+
+
+def apply_changes(base: Any, changes: dict[str, Any]) -> Any:
+    """A copy of the dataclass ``base`` with dotted-path fields replaced (nested dataclasses are copied)."""
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if not any(f.name == head for f in dataclasses.fields(base)):
+            raise ValueError(f"variant change {path!r}: {type(base).__name__} has no field {head!r}")
+        new = apply_changes(getattr(base, head), {rest: value}) if rest else value
+        base = dataclasses.replace(base, **{head: new})
+    return base
+
+
+def variant_settings(run: RunSettings, variant: Variant) -> RunSettings:
+    return apply_changes(run, variant.changes)
+
+
+def _step1(spec: ExperimentSpec) -> list[Variant]:
+    return [Variant("sample_and_filter", {"replay.strategy": "uniform", "replay.min_pass_rate": 1.0}, stop_if_empty=True)]
+
+
+def _step2(spec: ExperimentSpec) -> list[Variant]:
+    return [Variant("btp")]
+
+
+def _step3(spec: ExperimentSpec) -> list[Variant]:
+    return [Variant(strategy, {"replay.strategy": strategy}) for strategy in spec.strategies]
+
+
+def _step4(spec: ExperimentSpec) -> list[Variant]:
+    grid = itertools.product(spec.grid.p2value_alpha, spec.grid.sampling_alpha)
+    return [
+        Variant(f"p2value_alpha={a:g},sampling_alpha={b:g}", {"replay.p2value_alpha": a, "replay.sampling_alpha": b})
+        for a, b in grid
+    ]
+
+
+def _big_to_small(spec: ExperimentSpec) -> list[Variant]:
+    source = spec.big_to_small_source
+    return [Variant("source", {"model": source}, train=False), Variant("target_from_source", {"source_model": source})]
+
+
+VARIANTS: dict[str, Callable[[ExperimentSpec], list[Variant]]] = {
+    "step1_baseline": _step1,
+    "step2_btp": _step2,
+    "step3_ablation": _step3,
+    "step4_hyperparams": _step4,
+    "big_to_small": _big_to_small,
+}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summarized(held_out: dict[str, Any], spec: ExperimentSpec) -> dict[str, Any]:
+    """The held-out record plus mean and 95% interval of pass@1 and the average pass rate."""
+    return {**held_out, **summarize_eval(held_out["eval_json"], spec.bootstrap_samples, spec.run.seed)}
+
+
+def compare(record: dict[str, Any], baseline: dict[str, Any], samples: int, seed: int) -> dict[str, Any]:
+    """RSR of pass@1 and paired (record − baseline) differences over the shared held-out problems."""
+    mine, theirs = (per_problem(EvalReport.from_json(r["eval_json"])) for r in (record, baseline))
+    rsr = relative_success_rate(record["pass@1"]["mean"], baseline["pass@1"]["mean"])
+    out: dict[str, Any] = {"rsr_pass@1": _finite(rsr)}
+    if not math.isfinite(rsr):
+        out["rsr_note"] = "undefined: the baseline solved no problem (compare the raw pass@1 values)"
+    out["delta"] = {m: paired_delta(mine[m], theirs[m], samples, seed) for m in METRICS}
+    return out
+
+
+def assemble(
+    step: str, spec: ExperimentSpec, run: Callable[[Variant], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run (or fetch) every variant of ``step`` and the untrained baseline; returns the step's JSON object."""
+    baseline = dict(run(UNTRAINED))
+    baseline["held_out"] = summarized(baseline["held_out"], spec)
+    entries = []
+    for variant in VARIANTS[step](spec):
+        record = dict(run(variant))
+        replay = dataclasses.asdict(variant_settings(spec.run, variant).replay)
+        entry: dict[str, Any] = {"name": variant.name, "changes": variant.changes, "replay": replay, **record}
+        if entry["held_out"] is None:  # no optimizer step: the weights are the untrained ones
+            entry["held_out"], entry["evaluated_as"] = baseline["held_out"], "untrained (no optimizer step was taken)"
+        entry["held_out"] = summarized(entry["held_out"], spec)
+        entry["vs_untrained"] = compare(entry["held_out"], baseline["held_out"], spec.bootstrap_samples, spec.run.seed)
+        entries.append(entry)
+    if step == "big_to_small":
+        source, target = entries
+        target["vs_source"] = compare(target["held_out"], source["held_out"], spec.bootstrap_samples, spec.run.seed)
+    return {"step": step, "untrained": baseline, "variants": entries, "caveats": caveats(step, spec, baseline, entries)}
+
+
+def caveats(step: str, spec: ExperimentSpec, baseline: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    """Plain-language warnings derived from the results (read them before reading a difference)."""
+    notes = []
+    n = baseline["held_out"]["num_problems"]
+    if n < 100:
+        notes.append(f"{n} held-out problems: the 95% intervals are wide; overlapping intervals are no difference")
+    for entry in entries:
+        if entry.get("note"):
+            notes.append(f"{entry['name']}: {entry['note']}")
+        if entry.get("buffer", {}).get("size") and entry["buffer"]["problems_solved"] == 0:
+            notes.append(f"{entry['name']}: no sampled training program passed all tests (buffer holds failures only)")
+    if step == "big_to_small" and spec.big_to_small_source == spec.run.model:
+        notes.append("source and target are the same model: this checks the big-to-small plumbing, not its effect")
+    return notes
