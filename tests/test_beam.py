@@ -286,5 +286,5 @@ def test_embedded_model_greedy_on_humaneval():
     for c, p in zip(cands, problems):
         assert c.program.strip() and f"def {p.entry_point}" in c.program
         assert math.isfinite(c.logprob) and c.logprob < 0 and 0 < c.num_tokens <= 160
-        assert c.text.count("```") == 1  # generation stopped at the closing fence, which was cut
+        assert "```" not in c.text  # the prompt opened the block; generation stopped at the closing fence, cut
     assert sampler.last_stats.tokens_per_second > 0

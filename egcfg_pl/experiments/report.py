@@ -87,7 +87,8 @@ def _delta(entry: dict[str, Any], metric: str) -> str:
 
 def _table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | pass@1 [95% CI] | Δ pass@1 vs untrained | avg pass rate [95% CI] | Δ avg pass rate | RSR | steps | buffer (solved problems) |",
+        "| variant | pass@1 [95% CI] | Δ pass@1 vs untrained | avg pass rate [95% CI] | Δ avg pass rate | RSR"
+        " | steps | buffer (solved problems) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, entry in _rows(result):

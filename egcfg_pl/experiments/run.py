@@ -2,8 +2,8 @@
 
 ``run_variant(settings, folder, train=...)`` returns a JSON-able record: the held-out metrics and the
 evaluation JSON (per-problem results, from which the steps compute intervals), the replay buffer's
-statistics and P2Value histogram, the adapter path and the timings. Untrained models (the RSR baseline, a big-to-small source) take the same path without
-the fit.
+statistics and P2Value histogram, the adapter path and the timings. Untrained models (the RSR baseline,
+a big-to-small source) take the same path without the fit.
 """
 
 from __future__ import annotations

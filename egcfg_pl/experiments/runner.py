@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
@@ -67,7 +68,8 @@ class Campaign:
 
     def spec_hash(self) -> str:
         """Identity of what the steps compute (everything but the step list and where results go)."""
-        spec = {k: v for k, v in jsonable(self.spec).items() if k not in ("steps", "output_dir", "name")}
+        ignored = ("steps", "output_dir", "name", "threads")
+        spec = {k: v for k, v in jsonable(self.spec).items() if k not in ignored}
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def key(self, variant: Variant) -> str:
@@ -101,7 +103,7 @@ class Campaign:
         if path.is_file() and not self.force:
             result = json.loads(path.read_text(encoding="utf-8"))
             if result.get("spec_hash") != self.spec_hash():
-                log.warning("step %s: %s was written by a different spec; --force redoes it with this one", step, path)
+                log.warning("step %s: %s was written by another (or an unrecorded) spec; --force redoes it with this one", step, path)
             log.info("step %s: done already (%s); --force redoes it", step, path)
             return result
         start = time.perf_counter()
@@ -131,7 +133,8 @@ class Campaign:
             f"{run.held_out.dataset}/{run.held_out.split} offset {run.held_out.offset} limit {run.held_out.limit}",
             f"- refresh sampling: {source.strategy}, {source.num_return_sequences} candidates/problem, "
             f"max {source.max_new_tokens} new tokens; held-out: {run.evaluation.strategy}",
-            f"- {run.max_epochs} BTP iteration(s), {run.samples_per_epoch} replay draws each (batch {run.batch_size}), seed {run.seed}",
+            f"- {run.max_epochs} BTP iteration(s), {run.samples_per_epoch} replay draws each "
+            f"(batch {run.batch_size}), seed {run.seed}",
         ]
 
 
@@ -156,6 +159,8 @@ def parse_spec(argv: list[str] | None = None) -> tuple[ExperimentSpec, Any, Argu
 def main(argv: list[str] | None = None) -> Path:
     spec, cfg, parser = parse_spec(argv)
     configure_logging(cfg.log_level)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
     campaign = Campaign(spec, force=cfg.force)
     campaign.root.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(parser.dump(cfg))

@@ -1,0 +1,226 @@
+"""The experiments package: every step end to end on tiny random models, the rerun skip, the configs, the stats."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from egcfg_pl.experiments.runner import main, parse_spec
+from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid
+from egcfg_pl.experiments.stats import bootstrap_ci, paired_delta, wilson_interval
+from egcfg_pl.experiments.steps import Variant, apply_changes, variant_settings
+
+from btp_helpers import SHARED_MBPP
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ["power", "rank", "uniform", "pass_rate", "possibility"]
+
+
+@pytest.fixture(scope="module")
+def tiny_source_dir(tmp_path_factory, smol_tokenizer):
+    """A second tiny random model (another seed): the big-to-small source, different from the target."""
+    from conftest import make_tiny_llama
+
+    out = tmp_path_factory.mktemp("tiny_source")
+    model = make_tiny_llama(len(smol_tokenizer), seed=1)
+    model.config.eos_token_id = smol_tokenizer.eos_token_id
+    model.save_pretrained(out)
+    smol_tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_spec(root: Path, target: Path, source: Path) -> dict:
+    """A whole campaign on tiny models: 2 training and 2 held-out MBPP problems, 12 new tokens, 1 iteration."""
+    def model(path: Path) -> dict:
+        return {"name": str(path), "dtype": "float32", "device": "cpu"}
+
+    sandbox = {"timeout": 2.0, "workers": 2}
+    return {
+        "name": "tiny",
+        "output_dir": str(root),
+        "run": {
+            "model": model(target),
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "train": {"dataset": "mbpp", "split": "train", "path": str(SHARED_MBPP), "limit": 2},
+            "held_out": {"dataset": "mbpp", "split": "test", "path": str(SHARED_MBPP), "limit": 2},
+            "sampling": {"strategy": "beam", "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 12, "progress": False},
+            "evaluation": {"strategy": "greedy", "num_beams": 1, "num_return_sequences": 1, "max_new_tokens": 12, "progress": False},
+            "sandbox": sandbox,
+            "max_epochs": 1,
+            "samples_per_epoch": 4,
+            "batch_size": 2,
+            "max_length": 256,
+            "learning_rate": 1e-2,
+            "accelerator": "cpu",
+        },
+        "strategies": STRATEGIES,
+        "grid": {"p2value_alpha": [0.0, 1.0], "sampling_alpha": [1.0]},
+        "big_to_small_source": model(source),
+        "bootstrap_samples": 200,
+    }
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, tiny_model_dir, tiny_source_dir):
+    """Runs every step once through ``cli.py experiment``'s entry point; returns the campaign folder."""
+    root = tmp_path_factory.mktemp("results")
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps(tiny_spec(root, tiny_model_dir, tiny_source_dir)))  # JSON is YAML
+    with one_torch_thread():
+        report = main(["--config", str(config), "--log_level", "WARNING"])
+    return report.parent, config
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """A 3 M-parameter model runs faster on one thread (and the test box is shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load(folder: Path, step: str) -> dict:
+    return json.loads((folder / f"{step}.json").read_text())
+
+
+def test_every_step_writes_json_report_and_plots(campaign):
+    folder, _ = campaign
+    for step in STEPS:
+        result = load(folder, step)
+        assert result["step"] == step and result["variants"]
+        for entry in [result["untrained"], *result["variants"]]:
+            held = entry["held_out"]
+            assert held["num_problems"] == 2 and Path(held["eval_json"]).is_file()
+            lo, hi = held["pass@1"]["ci95"]
+            assert 0.0 <= lo <= held["pass@1"]["mean"] <= hi <= 1.0
+    report = (folder / "report.md").read_text()
+    for step in STEPS:
+        assert f"({step}_metrics.png)" in report and (folder / f"{step}_metrics.png").stat().st_size > 1000
+    assert (folder / "step2_btp_p2value.png").is_file()
+    saved, _, _ = parse_spec(["--config", str(folder / "config.yaml")])  # the resolved spec reruns as is
+    assert saved.run == parse_spec(["--config", str(campaign[1])])[0].run
+
+
+def test_ablation_has_one_evaluated_fine_tuned_variant_per_strategy(campaign):
+    folder, _ = campaign
+    result = load(folder, "step3_ablation")
+    assert [v["name"] for v in result["variants"]] == STRATEGIES
+    for entry in result["variants"]:
+        assert entry["replay"]["strategy"] == entry["name"]
+        assert entry["trained"] and entry["optimizer_steps"] == 2  # 4 draws / batch 2
+        assert Path(entry["adapter"], "adapter_config.json").is_file()
+        assert "evaluated_as" not in entry  # its own held-out evaluation, not the untrained one
+        assert entry["buffer"]["size"] > 0 and sum(entry["buffer"]["p2value_hist"]["counts"]) == entry["buffer"]["size"]
+        assert set(entry["vs_untrained"]["delta"]) == {"pass@1", "avg_pass_rate"}
+    evals = {v["held_out"]["eval_json"] for v in result["variants"]}
+    assert len(evals) == len(STRATEGIES)
+    step2 = load(folder, "step2_btp")["variants"][0]
+    power = result["variants"][0]
+    assert power["key"] == step2["key"]  # the same settings ran once
+
+
+def test_steps_share_the_initial_samples_but_replay_differently(campaign):
+    folder, _ = campaign
+    grid = load(folder, "step4_hyperparams")["variants"]
+    assert [v["name"] for v in grid] == ["p2value_alpha=0,sampling_alpha=1", "p2value_alpha=1,sampling_alpha=1"]
+    assert all(v["samples_shared"] for v in grid)  # step 1 sampled the iteration-0 candidates for everyone
+    alpha0, alpha1 = grid
+    # same candidates, different P2Value: α = 0 keeps only the pass rate (0 for a random model)
+    assert alpha0["buffer"]["mean_p2value"] == pytest.approx(alpha0["buffer"]["mean_pass_rate"])
+    assert alpha1["buffer"]["mean_p2value"] == pytest.approx(alpha1["buffer"]["mean_possibility"])
+
+
+def test_sample_and_filter_with_nothing_passing_is_the_untrained_model(campaign):
+    folder, _ = campaign
+    result = load(folder, "step1_baseline")
+    entry = result["variants"][0]
+    assert entry["replay"]["min_pass_rate"] == 1.0 and entry["replay"]["strategy"] == "uniform"
+    if entry["buffer"]["size"] == 0:  # a random model passes nothing: recorded, not trained
+        assert not entry["trained"] and entry["optimizer_steps"] == 0 and "no sampled program" in entry["note"]
+        assert entry["evaluated_as"].startswith("untrained")
+        assert entry["held_out"]["eval_json"] == result["untrained"]["held_out"]["eval_json"]
+        assert any("no sampled program" in c for c in result["caveats"])
+
+
+def test_big_to_small_candidates_come_from_the_source(campaign, tiny_source_dir):
+    folder, _ = campaign
+    result = load(folder, "big_to_small")
+    source, target = result["variants"]
+    assert not source["trained"] and source["model"]["name"] == str(tiny_source_dir)
+    assert target["trained"] and target["buffer"]["sources"] == [str(tiny_source_dir)]
+    assert target["model"]["name"] != str(tiny_source_dir)
+    assert "rsr_pass@1" in target["vs_source"]
+
+
+def test_rerun_skips_finished_steps_and_force_redoes_one(campaign, monkeypatch):
+    folder, config = campaign
+    stamps = {s: (folder / f"{s}.json").stat().st_mtime_ns for s in STEPS}
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr("egcfg_pl.experiments.runner.run_variant", no_runs)
+    main(["--config", str(config), "--log_level", "WARNING"])
+    assert stamps == {s: (folder / f"{s}.json").stat().st_mtime_ns for s in STEPS}
+    assert (folder / "report.md").is_file()
+
+    monkeypatch.undo()
+    with one_torch_thread():
+        main(["--config", str(config), "--steps", "[step1_baseline]", "--force", "--log_level", "WARNING"])
+    assert (folder / "step1_baseline.json").stat().st_mtime_ns > stamps["step1_baseline"]
+    assert (folder / "step2_btp.json").stat().st_mtime_ns == stamps["step2_btp"]
+
+
+@pytest.mark.parametrize("name", ["experiments_cpu.yaml", "experiments_gpu.yaml"])
+def test_shipped_configs_load(name):
+    spec, _, _ = parse_spec(["--config", str(ROOT / "configs" / name)])
+    assert spec.steps == list(STEPS) and spec.big_to_small_source is not None
+    assert len(spec.strategies) == 5
+    for variant in (Variant("x", {"replay.strategy": "rank"}), Variant("y", {"source_model": spec.big_to_small_source})):
+        variant_settings(spec.run, variant)
+
+
+def test_spec_errors_name_the_field():
+    with pytest.raises(ValueError, match="steps"):
+        ExperimentSpec(steps=["step9"])
+    with pytest.raises(ValueError, match="big_to_small_source"):
+        ExperimentSpec(steps=["big_to_small"])
+    with pytest.raises(ValueError, match="strategy"):
+        ExperimentSpec(steps=["step3_ablation"], strategies=["greedy"])
+    with pytest.raises(ValueError, match="p2value_alpha"):
+        HyperGrid(p2value_alpha=[1.5])
+    with pytest.raises(ValueError, match="no field"):
+        apply_changes(ExperimentSpec(steps=[]).run, {"replay.nope": 1})
+
+
+def test_apply_changes_copies_nested_fields():
+    run = ExperimentSpec(steps=[]).run
+    changed = apply_changes(run, {"replay.strategy": "rank", "replay.sampling_alpha": 2.0, "max_epochs": 3})
+    assert (changed.replay.strategy, changed.replay.sampling_alpha, changed.max_epochs) == ("rank", 2.0, 3)
+    assert (run.replay.strategy, run.max_epochs) == ("power", 1)  # the base run is untouched
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+    lo, hi = wilson_interval(10, 20)
+    assert (lo, hi) == (pytest.approx(0.2993, abs=1e-4), pytest.approx(0.7007, abs=1e-4))
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_bootstrap_and_paired_delta():
+    values = [0.0, 1.0] * 50
+    lo, hi = bootstrap_ci(values, samples=2000, seed=0)
+    assert lo < 0.5 < hi and hi - lo < 0.25
+    assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3))
+    delta = paired_delta({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0})
+    assert delta["num_problems"] == 3 and delta["mean"] == pytest.approx(1 / 3)
