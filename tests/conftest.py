@@ -71,13 +71,22 @@ def make_tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+def save_tiny_llama(out: Path, tokenizer, seed: int) -> Path:
+    model = make_tiny_llama(len(tokenizer), seed=seed)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
     """A folder with a tiny random Llama and the SmolLM2 tokenizer: loadable like any local model."""
-    out = tmp_path_factory.mktemp("tiny_llama")
-    model = make_tiny_llama(len(smol_tokenizer))
-    model.config.eos_token_id = smol_tokenizer.eos_token_id
-    model.config.pad_token_id = smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id
-    model.save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smol_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_source_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A second tiny random model (another seed): a big-to-small source that differs from the target."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_source"), smol_tokenizer, seed=1)

@@ -120,15 +120,3 @@ def test_overlapping_train_and_held_out_problems_are_refused(tmp_path, tiny_mode
     dm = BTPDataModule(held_out=same, train=same)
     with pytest.raises(ValueError, match="overlap"):
         dm.setup("fit")
-
-
-@pytest.fixture(scope="session")
-def tiny_source_dir(tmp_path_factory, smol_tokenizer):
-    from conftest import make_tiny_llama
-
-    out = tmp_path_factory.mktemp("tiny_source")
-    model = make_tiny_llama(len(smol_tokenizer), seed=1)
-    model.config.eos_token_id = smol_tokenizer.eos_token_id
-    model.save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out

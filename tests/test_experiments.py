@@ -20,19 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["power", "rank", "uniform", "pass_rate", "possibility"]
 
 
-@pytest.fixture(scope="module")
-def tiny_source_dir(tmp_path_factory, smol_tokenizer):
-    """A second tiny random model (another seed): the big-to-small source, different from the target."""
-    from conftest import make_tiny_llama
-
-    out = tmp_path_factory.mktemp("tiny_source")
-    model = make_tiny_llama(len(smol_tokenizer), seed=1)
-    model.config.eos_token_id = smol_tokenizer.eos_token_id
-    model.save_pretrained(out)
-    smol_tokenizer.save_pretrained(out)
-    return out
-
-
 def tiny_spec(root: Path, target: Path, source: Path) -> dict:
     """A whole campaign on tiny models: 2 training and 2 held-out MBPP problems, 12 new tokens, 1 iteration."""
     def model(path: Path) -> dict:
