@@ -39,7 +39,7 @@ bench-sandbox: $(STAMP)
 	$(PY) -m benchmarks.sandbox
 
 bench-sampling: $(STAMP)
-	$(PY) -m benchmarks.sampling
+	$(PY) -m benchmarks.sampling --lora
 
 bench: bench-sandbox bench-sampling
 

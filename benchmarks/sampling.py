@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import statistics
 
 import torch
 
-from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
+from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, load_model, load_tokenizer
 from egcfg_pl.problems import load_problems
 from egcfg_pl.prompts import build_prompt
 from egcfg_pl.sampling.beam import Generation, HFSampler, encode_prompt, sequence_logprobs
@@ -35,7 +36,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--lora", action="store_true",
+                        help="also time a LoRA-wrapped copy (all-linear, r 16) unmerged vs merged for sampling")
+    parser.add_argument("--lora-dtype", default="bfloat16", choices=list(DTYPES))
     return parser.parse_args()
+
+
+def lora_rows(base, tokenizer, problems, settings: GenerationSettings, dtype: str) -> None:
+    """The same sampling through a LoRA adapter, left unmerged vs folded into the weights (``merge_lora``)."""
+    model = apply_lora(copy.deepcopy(base).to(DTYPES[dtype]), LoraSettings())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01)  # a trained-looking adapter (a fresh one is zero)
+    out = {}
+    for merge in (False, True):
+        out[merge] = run(model, tokenizer, problems, dataclasses.replace(settings, merge_lora=merge))
+        st = out[merge][1]
+        label = f"{dtype} + LoRA {'merged' if merge else 'unmerged'}"
+        row = [label, st["tokens"], f"{st['generate_s']:.1f}", f"{st['rescore_s']:.1f}", f"{st['tokens_per_s']:.2f}"]
+        print("| " + " | ".join(map(str, row)) + " |", flush=True)
+    speedup = out[True][1]["tokens_per_s"] / max(out[False][1]["tokens_per_s"], 1e-9)
+    same = sum(a.token_ids == b.token_ids for a, b in zip(out[True][0], out[False][0]))
+    print(f"LoRA merged/unmerged kept tokens/s: {speedup:.2f}x; identical candidates: {same}/{len(out[True][0])}")
 
 
 def run(model, tokenizer, problems, settings: GenerationSettings) -> tuple[list[Generation], dict[str, float]]:
@@ -93,6 +117,8 @@ def main() -> None:
         speedup = results["bfloat16"][1]["tokens_per_s"] / max(results["float32"][1]["tokens_per_s"], 1e-9)
         print(f"bf16/fp32 kept tokens/s: {speedup:.2f}x; identical candidates: {same}/{len(ref)}")
         print("fp32 candidates re-scored in bf16: " + ", ".join(f"{k} {v:.4f}" for k, v in drift.items()))
+    if args.lora:
+        lora_rows(base, tokenizer, problems, settings, args.lora_dtype)
 
 
 if __name__ == "__main__":

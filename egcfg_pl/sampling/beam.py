@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.candidate import Candidate
+from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits of one rescoring forward pass
@@ -256,7 +257,8 @@ class HFSampler:
 
     ``sample`` batches problems (left padding, length buckets), decodes with ``settings.strategy``, cuts each
     continuation at EOS / the first stop string, and scores the kept tokens by teacher forcing. The model
-    runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back afterwards.
+    runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back afterwards; a LoRA
+    adapter is folded into the base weights while it runs (``settings.merge_lora``, see ``merged_lora``).
     """
 
     def __init__(
@@ -293,7 +295,7 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self._rng(iteration), tqdm(
+            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
                 for batch in batches:
