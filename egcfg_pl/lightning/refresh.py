@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from egcfg_pl.lightning.refresh_spill import RefreshSpill, fingerprint, weights_digest
 from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem
@@ -45,6 +46,8 @@ class ReplayRefresh(L.Callback):
         problems_per_refresh: int | None = None,
         seed: int = 0,
         save_experiences: bool = True,
+        chunk_problems: int = 32,
+        resume_partial: bool = True,
     ) -> None:
         """
         Args:
@@ -56,15 +59,22 @@ class ReplayRefresh(L.Callback):
             problems_per_refresh: sample this many training problems per epoch (a seeded rotation), or all.
             seed: seed of the problem rotation.
             save_experiences: append each refresh's experiences to ``experiences.jsonl`` in the log folder.
+            chunk_problems: problems sampled and tested together before their results are written to the spill
+                file (``refresh_spill.py``); smaller = less lost on a kill, larger = better length bucketing.
+            resume_partial: spill each tested problem to ``<default_root_dir>/refresh_spill/`` and, when the same
+                refresh runs again after a kill (same epoch, problems, settings and weights), skip what it holds.
         """
         super().__init__()
         if source_model is not None and source_api is not None:
             raise ValueError("refresh: set source_model or source_api, not both")
+        if chunk_problems < 1:
+            raise ValueError(f"refresh: chunk_problems must be >= 1, got {chunk_problems}")
         self.generation = generation or GenerationSettings()
         self.sandbox = sandbox or SandboxConfig()
         self.source_model, self.source_api = source_model, source_api
         self.problems_per_refresh, self.seed = problems_per_refresh, seed
         self.save_experiences = save_experiences
+        self.chunk_problems, self.resume_partial = chunk_problems, resume_partial
         self._sampler: Sampler | None = None
         self._executor: Executor | None = None
         self.last_stats: dict[str, float] = {}
@@ -117,21 +127,48 @@ class ReplayRefresh(L.Callback):
             "refresh/candidates": float(len(experiences)),
             "refresh/new": float(added),
         }
-        self._log(trainer, pl_module, experiences)
-        if self.save_experiences:
+        if self.save_experiences:  # on disk before anything else can fail
             folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a collective: every rank asks
             if trainer.is_global_zero:
                 self._append(folder, trainer.current_epoch, experiences)
+        self._log(trainer, pl_module, experiences)
 
     def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
-        """Sample and test one shard of problems; returns the experiences (not yet in the buffer)."""
+        """Sample and test one shard of problems; returns the experiences (not yet in the buffer).
+
+        Works in chunks of ``chunk_problems``; each tested problem is spilled to disk at once (see
+        ``refresh_spill.py``), and problems already in the spill of an interrupted attempt are not redone.
+        """
         if not problems:
             return []
-        candidates = self.sampler(pl_module).sample(problems, iteration=epoch)
-        by_id = {p.id: p for p in problems}
+        spill = self._spill(pl_module, problems, replay, epoch) if self.resume_partial else None
+        done: dict[str, list[Experience]] = spill.load() if spill is not None else {}
+        if spill is not None:
+            spill.remove_older()
+        todo = [p for p in problems if p.id not in done]
         assert self._executor is not None, "refresh runs inside fit (setup creates the executor)"
-        verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
-        return [Experience.build(c, v, replay.p2value_alpha, replay.possibility) for c, v in zip(candidates, verdicts)]
+        for start in range(0, len(todo), self.chunk_problems):
+            chunk = todo[start : start + self.chunk_problems]
+            by_id = {p.id: p for p in chunk}
+            candidates = self.sampler(pl_module).sample(chunk, iteration=epoch)
+            verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
+            fresh: dict[str, list[Experience]] = {p.id: [] for p in chunk}
+            for c, v in zip(candidates, verdicts):
+                fresh[c.problem_id].append(Experience.build(c, v, replay.p2value_alpha, replay.possibility))
+            for problem_id, experiences in fresh.items():
+                done[problem_id] = experiences
+                if spill is not None:
+                    spill.append(problem_id, experiences)
+        return [e for p in problems for e in done[p.id]]
+
+    def _spill(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> RefreshSpill:
+        trainer = pl_module.trainer
+        own_weights = self.source_model is None and self.source_api is None
+        settings = (self.generation, self.source_model, self.source_api, getattr(pl_module, "spec", None),
+                    getattr(pl_module, "template", None), self.sandbox, replay, str(trainer.precision))
+        digest = weights_digest(getattr(pl_module, "model", None)) if own_weights else ""
+        fp = fingerprint(epoch, trainer.global_rank, trainer.world_size, [p.id for p in problems], settings, digest)
+        return RefreshSpill(Path(trainer.default_root_dir), epoch, trainer.global_rank, fp)
 
     def _distribution(self, local: list[Experience], device: torch.device) -> dict[str, float]:
         """Mean P2Value / possibility / pass rate of this refresh over all ranks (torchmetrics-synced)."""
