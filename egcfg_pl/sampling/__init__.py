@@ -12,7 +12,7 @@ from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.settings import GenerationSettings
 
-_LAZY = {"HFSampler": "beam", "LocalSampler": "beam", "BeamSampler": "beam", "ApiSampler": "api", "ApiSettings": "api"}
+_LAZY = {"HFSampler": "beam", "ApiSampler": "api", "ApiSettings": "api"}
 
 __all__ = ["Candidate", "GenerationSettings", "Sampler", *_LAZY]
 

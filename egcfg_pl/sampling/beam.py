@@ -365,7 +365,3 @@ class HFSampler:
             iteration=iteration,
             rank=g.rank,
         )
-
-
-LocalSampler = HFSampler
-BeamSampler = HFSampler
