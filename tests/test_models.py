@@ -99,3 +99,40 @@ def test_lora_trains_only_the_adapter_and_checkpointing_backprops(tiny_spec):
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
     with pytest.raises(ValueError, match="LoraSettings.r"):
         apply_lora(load_model(tiny_spec), LoraSettings(r=0))
+
+
+def test_cuda_index_follows_local_rank_for_a_bare_cuda_device(monkeypatch):
+    """4-bit weights are placed at load time (device_map): a bare ``cuda`` must mean this rank's GPU, not GPU 0."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # before the strategy's set_device
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert models.cuda_index(torch.device("cuda")) == 3
+    assert models.cuda_index(torch.device("cuda:1")) == 1  # an explicit index wins
+    monkeypatch.setenv("LOCAL_RANK", "5")  # one GPU visible per process: the rank is not a device index
+    assert models.cuda_index(torch.device("cuda")) == 0
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)  # no launcher: the current device
+    assert models.cuda_index(torch.device("cuda")) == 2
+
+
+def test_4bit_load_maps_the_model_to_the_ranks_gpu(monkeypatch, tiny_model_dir):
+    import transformers
+
+    captured = {}
+
+    class Loaded:
+        def eval(self):
+            return self
+
+    def from_pretrained(**kwargs):
+        captured.update(kwargs)
+        return Loaded()
+
+    monkeypatch.setattr(models, "resolve_device", lambda spec: torch.device("cuda"))
+    monkeypatch.setattr(models, "_quantization_config", lambda spec, device: "nf4-config")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    load_model(ModelSpec(name=str(tiny_model_dir), load_in_4bit=True, dtype="bfloat16"))
+    assert captured["device_map"] == {"": 1} and captured["quantization_config"] == "nf4-config"

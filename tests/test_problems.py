@@ -108,7 +108,7 @@ def test_apps_counts_kinds_and_difficulty(data):
 
 
 def test_apps_call_test_fields(data):
-    p = load_problems("apps", split="train", path=data["apps"], ids=["apps/2404"])[0]
+    p = load_problems("apps", split="train", path=data["apps"], ids=["apps/train/2404"])[0]
     t = p.tests[0]
     assert (t.fn_name, t.args, t.expected) == ("findKthPositive", ([2, 3, 4, 7, 11], 5), 9)
     assert p.prompt.lstrip().startswith("class Solution:")

@@ -61,6 +61,22 @@ def test_codecontests_hub_schema(tmp_path):
     assert [t.input for t in q.tests] == ["6 6 4\n", "2 2 1\n", "3 3 1\n"]
 
 
+def test_apps_ids_include_the_split(tmp_path):
+    """codeparrot/apps numbers train and test from 0: the same problem_id in both splits is two problems."""
+    train_row = {**GOOD_APPS, "split": "train"}
+    test_row = {**GOOD_APPS, "split": "test", "question": "Multiply two numbers."}
+    path = write_jsonl(tmp_path / "apps.jsonl", [train_row, test_row])
+    both = load_problems("apps", split="all", path=path)
+    assert [p.id for p in both] == ["apps/train/7", "apps/test/7"]  # unique across splits
+    train = load_problems("apps", split="train", path=path)
+    test = load_problems("apps", split="test", path=path)
+    assert check_overlap(train, test) == []  # no false overlap on the shared problem_id
+    for spelling in ("apps/test/7", "test/7", "7"):
+        assert [p.id for p in load_problems("apps", split="test", path=path, ids=[spelling])] == ["apps/test/7"]
+    with pytest.raises(ValueError, match="not in this apps split"):
+        load_problems("apps", split="test", path=path, ids=["apps/train/7"])
+
+
 def test_json_array_file(tmp_path):
     path = tmp_path / "apps.json"
     path.write_text(json.dumps([GOOD_APPS]))
@@ -118,7 +134,7 @@ def test_overlap_same_id_and_respaced_text():
     with pytest.raises(OverlapError) as info:
         check_overlap(train, held)
     assert "mbpp/601 ~ mbpp/601" in str(info.value) and "mbpp/602 ~ mbpp/11" in str(info.value)
-    assert "allow_overlap: true" in str(info.value)
+    assert "`data.allow_overlap: true`" in str(info.value) and "`data.drop_overlapping_train: true`" in str(info.value)
     assert check_overlap(train, held, allow=True) == [("mbpp/601", "mbpp/601"), ("mbpp/602", "mbpp/11")]
 
 

@@ -112,7 +112,73 @@ def test_state_dict_round_trip_restores_contents_and_rng_stream():
 
 
 def test_settings_reject_bad_values_with_field_names():
-    with pytest.raises(ValueError, match="p2value_alpha"):
+    with pytest.raises(ValueError, match=r"data\.replay\.p2value_alpha .*must be in \[0, 1\]"):
         ReplaySettings(p2value_alpha=2)
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ValueError, match=r"data\.replay\.strategy .*'best' is unknown"):
         ReplaySettings(strategy="best")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sampling_alpha": -0.5},
+         r"data\.replay\.sampling_alpha \(run\.replay\.sampling_alpha in an experiment config\) must be"),
+        ({"sampling_alpha": float("nan")}, r"data\.replay\.sampling_alpha"),
+        ({"sampling_alpha": float("inf")}, r"data\.replay\.sampling_alpha"),
+        ({"min_pass_rate": 1.5}, r"data\.replay\.min_pass_rate .*must be in \[0, 1\].*got 1\.5"),
+        ({"min_pass_rate": -0.1}, r"data\.replay\.min_pass_rate"),
+        ({"capacity": 0}, r"data\.replay\.capacity .*must be >= 1"),
+        ({"eviction": "random"}, r"data\.replay\.eviction .*'random' is unknown"),
+        ({"possibility": "log"}, r"data\.replay\.possibility .*'log' is unknown"),
+    ],
+)
+def test_settings_fail_at_construction_naming_the_yaml_path(changes, message):
+    """Bad values fail when the config is read, not at the first draw (or by silently emptying the buffer)."""
+    with pytest.raises(ValueError, match=message):
+        ReplaySettings(**changes)
+
+
+def saved_buffer(settings: ReplaySettings) -> tuple[ReplayBuffer, dict]:
+    buf = ReplayBuffer(settings)
+    exps = [make_exp("p", f"x={i}", -float(i + 1), 4, i % 3, 2) for i in range(6)]  # pass rates 0, .5, 1
+    buf.add([Experience.build(e.candidate, e.verdict, settings.p2value_alpha, settings.possibility) for e in exps])
+    buf.sample_indices(3)
+    return buf, buf.state_dict()
+
+
+def test_restore_rescores_entries_under_changed_settings(caplog):
+    _, state = saved_buffer(ReplaySettings(p2value_alpha=0.5, possibility="normalized"))
+    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.2, possibility="raw"))
+    with caplog.at_level("WARNING", logger="egcfg_pl.replay.buffer"):
+        restored.load_state_dict(state)
+    assert len(restored) == 6
+    for exp in restored.experiences:
+        rebuilt = Experience.build(exp.candidate, exp.verdict, alpha=0.2, form="raw")
+        assert (exp.possibility, exp.p2value) == (rebuilt.possibility, rebuilt.p2value)
+        assert exp.possibility == pytest.approx(math.exp(exp.candidate.logprob))  # raw, not per token
+    assert "data.replay.p2value_alpha" in caplog.text and "0.5 -> 0.2" in caplog.text
+    assert "'normalized' -> 'raw'" in caplog.text
+
+
+def test_restore_reapplies_min_pass_rate_and_capacity(caplog):
+    _, state = saved_buffer(ReplaySettings())
+    strict = ReplayBuffer(ReplaySettings(min_pass_rate=1.0))
+    with caplog.at_level("WARNING", logger="egcfg_pl.replay.buffer"):
+        strict.load_state_dict(state)
+    assert sorted(e.program for e in strict.experiences) == ["x=2", "x=5"] and "dropped 4 entries" in caplog.text
+    small = ReplayBuffer(ReplaySettings(capacity=2))
+    small.load_state_dict(state)
+    assert len(small) == 2 and all(e.pass_rate == 1.0 for e in small.experiences)  # lowest P2Values evicted
+
+
+def test_restore_with_same_settings_is_exact_and_silent(caplog):
+    settings = ReplaySettings(p2value_alpha=0.3, possibility="raw", strategy="rank", sampling_alpha=2.0, seed=4)
+    buf, state = saved_buffer(settings)
+    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.3, possibility="raw", strategy="rank", sampling_alpha=2.0))
+    with caplog.at_level("WARNING", logger="egcfg_pl.replay.buffer"):
+        restored.load_state_dict(state)
+    assert caplog.text == ""  # only the seed differs, and the saved RNG state replaces it
+    assert restored.experiences == buf.experiences and restored.state_dict() == buf.state_dict() | {
+        "settings": restored.state_dict()["settings"]
+    }
+    np.testing.assert_array_equal(restored.sample_indices(40), buf.sample_indices(40))

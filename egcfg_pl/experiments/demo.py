@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +31,13 @@ def line(name: str, result: dict) -> str:
         f"{name:<34} pass@1 {result['pass@1']:6.1%}   avg test pass rate {result['avg_pass_rate']:6.1%}"
         f"   ({int(result['num_problems'])} problems)"
     )
+
+
+def rsr_line(tuned_rate: float, baseline_rate: float) -> str:
+    """The RSR summary line; a zero baseline has no ratio (``relative_success_rate`` gives inf / nan)."""
+    rsr = relative_success_rate(tuned_rate, baseline_rate)
+    value = f"{rsr:.2f}" if math.isfinite(rsr) else "n/a (baseline solved none)"
+    return f"RSR (fine-tuned vs baseline pass@1 on MBPP test): {value}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, result in results.items():
         print(line(name, result))
     base, tuned = results["MBPP test (baseline)"], results["MBPP test (after BTP)"]
-    rsr = relative_success_rate(tuned["pass@1"], base["pass@1"])
-    print(f"RSR (fine-tuned vs baseline pass@1 on MBPP test): {rsr:.2f}" if rsr == rsr else "RSR: undefined (baseline solved none)")
+    print(rsr_line(tuned["pass@1"], base["pass@1"]))
     refresh = next(cb for cb in trainer.callbacks if hasattr(cb, "last_stats"))
     print(f"replay buffer: {refresh.last_stats}")
     print(f"TensorBoard logs: {trainer.log_dir}   (tensorboard --logdir {trainer.log_dir})")

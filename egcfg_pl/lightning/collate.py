@@ -23,6 +23,9 @@ class ReplayCollator:
     a bigger model) are learned in the target's format. Labels are ``IGNORE_INDEX`` on the prompt and on
     right padding, so the loss is the causal-LM loss of the program tokens given the prompt. Sequences
     longer than ``max_length`` keep the whole prompt where possible and cut the program's tail.
+
+    The prompt is tokenised exactly as the sampler tokenises it (``encode_prompt``: BOS / special tokens
+    added unless the text already starts with BOS), so training conditions on the same ids as generation.
     """
 
     tokenizer: Any
@@ -31,9 +34,12 @@ class ReplayCollator:
     max_length: int = 1024
 
     def encode(self, exp: Experience) -> tuple[list[int], list[int]]:
+        # imported here: egcfg_pl.sampling.beam imports transformers' generation code (~0.7 s), which
+        # this module does not otherwise need at import time
+        from egcfg_pl.sampling.beam import encode_prompt
+
         problem = self.problems[exp.problem_id]
-        prompt = self.tokenizer(build_prompt(problem, self.tokenizer, self.template), add_special_tokens=False)
-        prompt = prompt["input_ids"]
+        prompt = encode_prompt(self.tokenizer, build_prompt(problem, self.tokenizer, self.template))
         response = self.tokenizer(format_response(exp.program, self.template, problem), add_special_tokens=False)
         response = response["input_ids"] + [self.tokenizer.eos_token_id]
         if len(prompt) + len(response) > self.max_length:  # keep the prompt's end (the question)

@@ -1,4 +1,8 @@
-"""APPS (Hendrycks et al. 2021): stdin/stdout and call-based problems, ids ``apps/<problem_id>``.
+"""APPS (Hendrycks et al. 2021): stdin/stdout and call-based problems, ids ``apps/<split>/<problem_id>``.
+
+The hub's train and test splits both number ``problem_id`` from 0, so the split is part of the id
+(``apps/train/42`` and ``apps/test/42`` are different problems); a row without a ``split`` gets
+``apps/<problem_id>``.
 
 ``input_output`` is a dict in the local subset and a JSON string on the hub (``solutions`` too).
 Stdin problems give ``stdio`` tests (an input given as a list of lines is joined with newlines);
@@ -38,10 +42,11 @@ def to_problem(row: dict[str, Any]) -> Problem:
     io = _json_field(row, "input_output", dict)
     tests, wrapped = _tests(io)
     fn_name = io.get("fn_name") or ""
+    split = str(row.get("split") or "")
     return Problem(
-        id=f"apps/{problem_id}",
+        id=f"apps/{split}/{problem_id}" if split else f"apps/{problem_id}",
         source="apps",
-        split=str(row.get("split") or ""),
+        split=split,
         statement=require(row, "question", str),
         tests=tests,
         prompt=row.get("starter_code") or "",

@@ -90,10 +90,15 @@ def _filter_difficulty(problems: list[Problem], dataset: str, difficulty: str) -
 
 
 def _filter_ids(problems: list[Problem], dataset: str, ids: Sequence[str]) -> list[Problem]:
-    """Keep the listed ids (full ``"mbpp/601"`` or bare ``"601"``), in dataset order; unknown ids fail."""
+    """Keep the listed ids (full ``"mbpp/601"`` or bare ``"601"``; APPS ``"apps/train/42"``, ``"train/42"`` or
+    ``"42"``), in dataset order; unknown ids fail."""
     wanted = {str(i) for i in ids}
-    kept = [p for p in problems if p.id in wanted or p.id.split("/", 1)[-1] in wanted]
-    found = {p.id for p in kept} | {p.id.split("/", 1)[-1] for p in kept}
+
+    def names(p: Problem) -> set[str]:
+        return {p.id, p.id.split("/", 1)[-1], p.id.rsplit("/", 1)[-1]}
+
+    kept = [p for p in problems if names(p) & wanted]
+    found = set().union(*(names(p) for p in kept))
     missing = sorted(wanted - found)
     if missing:
         raise ValueError(f"{len(missing)} id(s) not in this {dataset} split: {missing[:10]}")
@@ -117,7 +122,7 @@ class ProblemSet:
     difficulty: str | None = None
     """apps: introductory, interview or competition; codecontests: the difficulty number as text (e.g. '8')."""
     ids: list[str] | None = None
-    """Keep only these problem ids ('mbpp/601' or '601'); an id not found is an error."""
+    """Keep only these problem ids ('mbpp/601' or '601'; APPS ids include the split: 'apps/train/42'); an id not found is an error."""
     test_sets: list[str] | None = None
     """codecontests only: any of public, private, generated (local files: public = in-statement tests, the others = the rest)."""
     include_challenge: bool = False

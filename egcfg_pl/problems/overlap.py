@@ -48,6 +48,8 @@ def check_overlap(train: Sequence[Problem], held_out: Sequence[Problem], allow: 
         more = f" and {len(pairs) - MAX_NAMED} more" if len(pairs) > MAX_NAMED else ""
         raise OverlapError(
             f"{len(pairs)} held-out problem(s) also appear in the training problems (same id or statement): "
-            f"{named}{more}. Use disjoint splits, or set `allow_overlap: true` to accept this knowingly."
+            f"{named}{more}. Use disjoint splits, set `data.drop_overlapping_train: true` to train without the "
+            "overlapping problems (run.drop_overlapping_train in an experiment config), or set "
+            "`data.allow_overlap: true` to accept the overlap knowingly."
         )
     return pairs

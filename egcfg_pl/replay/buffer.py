@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import io
+import logging
+import math
 import tokenize
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
-from egcfg_pl.replay.priorities import Strategy, check_strategy, sampling_probabilities
+from egcfg_pl.replay.priorities import STRATEGIES, Strategy, sampling_probabilities
+
+log = logging.getLogger(__name__)
 
 Eviction = Literal["lowest_p2value", "oldest"]
+
+
+def setting_path(name: str) -> str:
+    """Where a replay setting lives in YAML, for error messages (fit configs and experiment specs)."""
+    return f"data.replay.{name} (run.replay.{name} in an experiment config)"
 
 
 @dataclass
@@ -39,13 +48,27 @@ class ReplaySettings:
     """Seed of the draw RNG (its state is checkpointed)."""
 
     def __post_init__(self) -> None:
-        check_strategy(self.strategy)
+        if self.strategy not in STRATEGIES:
+            choices = ", ".join(STRATEGIES)
+            raise ValueError(f"{setting_path('strategy')} {self.strategy!r} is unknown; use one of {choices}")
+        if self.possibility not in ("normalized", "raw"):
+            raise ValueError(f"{setting_path('possibility')} {self.possibility!r} is unknown; use normalized or raw")
         if not 0.0 <= self.p2value_alpha <= 1.0:
-            raise ValueError(f"replay.p2value_alpha must be in [0, 1], got {self.p2value_alpha}")
+            raise ValueError(f"{setting_path('p2value_alpha')} must be in [0, 1], got {self.p2value_alpha}")
+        if not (self.sampling_alpha >= 0.0 and math.isfinite(self.sampling_alpha)):
+            raise ValueError(
+                f"{setting_path('sampling_alpha')} must be a finite number >= 0 (0 = uniform draws), "
+                f"got {self.sampling_alpha}"
+            )
+        if not 0.0 <= self.min_pass_rate <= 1.0:
+            raise ValueError(
+                f"{setting_path('min_pass_rate')} must be in [0, 1] (pass rates are; 0 keeps failed programs, "
+                f"1 keeps only programs passing every test), got {self.min_pass_rate}"
+            )
         if self.capacity < 1:
-            raise ValueError(f"replay.capacity must be >= 1, got {self.capacity}")
+            raise ValueError(f"{setting_path('capacity')} must be >= 1, got {self.capacity}")
         if self.eviction not in ("lowest_p2value", "oldest"):
-            raise ValueError(f"replay.eviction {self.eviction!r} is unknown; use lowest_p2value or oldest")
+            raise ValueError(f"{setting_path('eviction')} {self.eviction!r} is unknown; use lowest_p2value or oldest")
 
 
 def normalize_program(program: str) -> str:
@@ -159,13 +182,51 @@ class ReplayBuffer:
             "order": [self._order[k] for k in keys],
             "counter": self._counter,
             "rng": self.rng.bit_generator.state,
+            "settings": asdict(self.settings),  # plain values: checkpoints stay loadable with weights_only
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore contents, counters and the draw RNG, under *this* buffer's settings.
+
+        Each entry's possibility and P2Value are recomputed from its candidate and verdict with the current
+        ``p2value_alpha`` / ``possibility``, then ``min_pass_rate`` and ``capacity`` are applied again, so a
+        run resumed with changed replay settings does not keep values scored the old way. With unchanged
+        settings this reproduces the saved entries exactly (bit-identical P2Values). Settings that differ
+        from the checkpoint's are logged. ``seed`` only seeds a fresh buffer; the saved RNG state wins.
+        """
+        changed = self._changed_settings(state.get("settings"))
+        if changed:
+            log.warning(
+                "replay buffer restored under different settings than it was saved with (%s): entries are "
+                "rescored and re-filtered under the current ones",
+                ", ".join(f"{setting_path(k)}: {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+            )
+        s = self.settings
         self._items.clear(), self._seen.clear(), self._order.clear()
+        below = 0
         for data, seen, order in zip(state["experiences"], state["seen"], state["order"], strict=True):
-            exp = experience_from_dict(data)
+            saved = experience_from_dict(data)
+            exp = Experience.build(saved.candidate, saved.verdict, s.p2value_alpha, s.possibility)
+            if exp.pass_rate < s.min_pass_rate:
+                below += 1
+                continue
             key = (exp.problem_id, normalize_program(exp.program))
             self._items[key], self._seen[key], self._order[key] = exp, seen, order
         self._counter = state["counter"]
         self.rng.bit_generator.state = state["rng"]
+        before = len(self._items)
+        self._evict()
+        if below or before > len(self._items):
+            log.warning(
+                "restoring the replay buffer dropped %d entries below %s=%s and %d beyond %s=%d",
+                below, setting_path("min_pass_rate"), s.min_pass_rate,
+                before - len(self._items), setting_path("capacity"), s.capacity,
+            )
+
+    def _changed_settings(self, saved: dict[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+        """``{field: (saved, current)}`` for settings that differ from a checkpoint's (``seed`` excluded)."""
+        if saved is None:  # a checkpoint from before settings were saved: nothing to compare
+            return {}
+        current = asdict(self.settings)
+        names = [f.name for f in fields(ReplaySettings) if f.name != "seed"]
+        return {n: (saved.get(n), current[n]) for n in names if n in saved and saved[n] != current[n]}

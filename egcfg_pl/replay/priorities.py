@@ -47,7 +47,7 @@ def sampling_probabilities(
     """
     check_strategy(strategy)
     if alpha < 0:
-        raise ValueError(f"sampling_alpha must be >= 0, got {alpha}")
+        raise ValueError(f"sampling_alpha (data.replay.sampling_alpha) must be >= 0, got {alpha}")
     n = len(p2values)
     if n == 0:
         raise ValueError("the replay buffer is empty: nothing to sample (did the refresh produce candidates?)")
