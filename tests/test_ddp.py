@@ -26,4 +26,7 @@ def test_ddp_two_cpu_ranks_share_one_buffer(tmp_path, tiny_model_dir):
     assert len(problems) == 6  # the two shards together cover every training problem
     assert r0["global_step"] > 0 and r0["global_step"] == r1["global_step"]
     assert r0["lora_sum"] == r1["lora_sum"]  # DDP kept the replicas in sync
-    assert r0["val"]["num_problems"] == 2
+    # 3 held-out problems on 2 ranks: the sampler's padding repeat of problem 0 on rank 1 is counted once
+    assert r0["val"]["num_problems"] == 3 and r1["val"]["num_problems"] == 3
+    report = json.loads(Path(r0["val"]["path"]).read_text())
+    assert len(report["problems"]) == 3 and report["metrics"]["num_problems"] == 3

@@ -9,17 +9,22 @@ from typing import Any
 
 import torch
 
-from egcfg_pl.metrics.report import EvalReport, ProblemReport
+from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner
 from egcfg_pl.metrics.scorer import CandidateScorer
 from egcfg_pl.problems.problem import Problem
+from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sandbox import Executor, SandboxConfig
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def gather_reports(local: list[ProblemReport]) -> list[ProblemReport]:
     """All ranks' per-problem records (DistributedSampler may repeat a few problems to even out shards;
     the first record of each problem id is kept)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return local
     parts: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(parts, local)
@@ -30,32 +35,77 @@ def gather_reports(local: list[ProblemReport]) -> list[ProblemReport]:
     return list(seen.values())
 
 
-class HeldOutEvaluator:
-    """One per stage (val / test): owns an executor and a scorer; fed one batch of problems at a time."""
+def claimed_problem_ids(parts: Sequence[Sequence[str]], rank: int) -> set[str]:
+    """The problem ids that ``rank`` counts, given every rank's scored ids (in rank order): each id belongs to
+    the first rank that scored it — the same record ``gather_reports`` keeps."""
+    owner: dict[str, int] = {}
+    for part_rank, ids in enumerate(parts):
+        for pid in ids:
+            owner.setdefault(pid, part_rank)
+    return {pid for pid, part_rank in owner.items() if part_rank == rank}
 
-    def __init__(self, sandbox: SandboxConfig, ks: Sequence[int], stage: str) -> None:
+
+def deduplicate_across_ranks(scorer: CandidateScorer) -> None:
+    """Collective under DDP: recount ``scorer`` over the problems this rank owns, so the synced metric sums
+    count each held-out problem once (padding repeats dropped), matching the de-duplicated JSON report."""
+    if not _distributed():
+        scorer.keep_only([r.problem_id for r in scorer.problems])  # a problem fed twice counts once
+        return
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, [r.problem_id for r in scorer.problems])
+    scorer.keep_only(claimed_problem_ids([p or [] for p in parts], torch.distributed.get_rank()))
+
+
+class HeldOutEvaluator:
+    """One per stage (val / test): owns an executor and a scorer; fed one batch of problems at a time.
+
+    P2Value and possibility are scored like the replay buffer's (``data.replay.p2value_alpha`` and
+    ``data.replay.possibility``), so held-out P2Value statistics follow the configured variant.
+    """
+
+    def __init__(
+        self,
+        sandbox: SandboxConfig,
+        ks: Sequence[int],
+        stage: str,
+        replay: ReplaySettings | None = None,
+        executor: ProgramRunner | None = None,
+    ) -> None:
         self.stage = stage
-        self.executor = Executor(sandbox)
-        self.scorer = CandidateScorer(self.executor, ks)
+        self.replay = replay or ReplaySettings()
+        self.executor = executor if executor is not None else Executor(sandbox)
+        self.scorer = CandidateScorer(
+            self.executor, ks, p2value_alpha=self.replay.p2value_alpha, possibility_form=self.replay.possibility
+        )
+        self._deduplicated = False
 
     def step(self, sampler: Sampler, problems: Sequence[Problem]) -> None:
         start = time.perf_counter()
         candidates = sampler.sample(problems)
         self.scorer.score(problems, candidates, gen_seconds=time.perf_counter() - start)
+        self._deduplicated = False
 
     def compute(self) -> dict[str, float]:
+        """Collective under DDP (every rank calls it): metrics over the de-duplicated held-out problems."""
+        if not self._deduplicated:
+            deduplicate_across_ranks(self.scorer)
+            self._deduplicated = True
         return self.scorer.compute()
 
     def write_report(self, path: Path, config: dict[str, Any]) -> EvalReport:
         """Collective under DDP (every rank calls it); rank 0 writes the file."""
+        self.compute()  # de-duplicates first, so the metrics and the per-problem records agree
         problems = gather_reports(self.scorer.problems)
         report = self.scorer.report(config, problems)
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0:
+        if not _distributed() or torch.distributed.get_rank() == 0:
             report.to_json(path)
         return report
 
     def reset(self) -> None:
         self.scorer.reset()
+        self._deduplicated = False
 
     def close(self) -> None:
-        self.executor.close()
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()

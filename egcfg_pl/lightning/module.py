@@ -10,12 +10,14 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settings for resume)
 from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
+from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sampling.beam import HFSampler
@@ -80,11 +82,35 @@ class BTPModule(L.LightningModule):
         self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
         self.sandbox = sandbox or SandboxConfig()
         self.pass_k = pass_k or [1]
-        self.strict_loading = False  # checkpoints hold only the trainable (LoRA) weights
+        self._check_pass_k()
+        # checkpoints hold only the trainable (LoRA) weights; on_load_checkpoint checks those keys exactly
+        self.strict_loading = False
         self.model: Any = None
         self.tokenizer: Any = None
         self.evaluators: dict[str, HeldOutEvaluator] = {}
         self.last_eval: dict[str, Any] = {}
+        self._fit_start_step = 0  # global_step when this fit's training started (after a resume)
+        self._validated_step: int | None = None  # global_step of the last validation inside fit
+
+    def _check_pass_k(self) -> None:
+        if self.api is not None:
+            per_problem, source, fix = self.api.n, f"model.api.n = {self.api.n}", "raise model.api.n"
+        else:
+            per_problem = self.generation.candidates_per_problem
+            source = (
+                f"model.evaluation: strategy {self.generation.strategy}, "
+                f"num_return_sequences {self.generation.num_return_sequences}"
+            )
+            fix = "raise model.evaluation.num_return_sequences (with strategy sample or beam)"
+        bad = [k for k in self.pass_k if k < 1]
+        if bad:
+            raise ValueError(f"model.pass_k must hold k >= 1, got {bad}")
+        too_big = [k for k in self.pass_k if k > per_problem]
+        if too_big:
+            raise ValueError(
+                f"model.pass_k {too_big} exceed the {per_problem} held-out candidates per problem ({source}); "
+                f"{fix} or lower k in model.pass_k"
+            )
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -147,6 +173,25 @@ class BTPModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint must hold exactly this module's trainable (LoRA) weights.
+
+        ``strict_loading`` is off because the frozen base model is not saved, so Lightning would silently
+        skip an adapter that this configuration does not have (``lora: null``) or one with other
+        ``target_modules``; compare the names here instead.
+        """
+        self.configure_model()  # no-op inside a Trainer; needed for load_from_checkpoint
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        saved = set(checkpoint.get("state_dict") or {})
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        if missing or unexpected:
+            raise ValueError(
+                "the checkpoint's weights do not match this model's trainable (LoRA) weights: "
+                f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). "
+                "Set model.lora (and model.mode) as in the run that wrote the checkpoint: lora: null loads no "
+                "adapter and would evaluate the base model, and r / target_modules must be the same"
+            )
+
     def adapter_dir(self) -> Path:
         return self.output_dir() / "adapter"
 
@@ -164,9 +209,15 @@ class BTPModule(L.LightningModule):
                 self.model.save_pretrained(path)
 
     # -- held-out evaluation --------------------------------------------------------------------------
+    def _replay_settings(self) -> ReplaySettings:
+        """The datamodule's ``data.replay`` (P2Value alpha and possibility form), defaults without one."""
+        buffer = getattr(getattr(self._trainer, "datamodule", None), "buffer", None)
+        settings = getattr(buffer, "settings", None)
+        return settings if isinstance(settings, ReplaySettings) else ReplaySettings()
+
     def _evaluator(self, stage: str) -> HeldOutEvaluator:
         if stage not in self.evaluators:
-            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage)
+            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage, replay=self._replay_settings())
         return self.evaluators[stage]
 
     def _eval_step(self, stage: str, batch: RecordBatch) -> None:
@@ -177,18 +228,80 @@ class BTPModule(L.LightningModule):
         metrics = evaluator.compute()  # collective under DDP: every rank computes
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if not self.trainer.sanity_checking:
-            path = self.output_dir() / f"eval_{stage}_epoch{self.current_epoch}.json"
-            config = {"model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": self.current_epoch, "mode": self.hparams.mode}
-            evaluator.write_report(path, config)
-            self.last_eval = {"stage": stage, "path": str(path), **metrics}
-            log.info("%s results: %s (%s)", stage, metrics, path)
+            self._write_eval(stage, self.current_epoch, metrics)
         evaluator.reset()
+
+    def _write_eval(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Collective under DDP: the evaluation JSON (rank 0 writes it) and ``last_eval``."""
+        evaluator = self._evaluator(stage)
+        path = self.output_dir() / f"eval_{stage}_epoch{epoch}.json"
+        replay = evaluator.replay
+        config = {
+            "model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": epoch,
+            "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility": replay.possibility,
+        }
+        evaluator.write_report(path, config)
+        self.last_eval = {"stage": stage, "path": str(path), **metrics}
+        log.info("%s results: %s (%s)", stage, metrics, path)
 
     def validation_step(self, batch: RecordBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self._validated_step = self.global_step
+
+    # -- the fine-tuned weights are always evaluated ---------------------------------------------------
+    def on_train_start(self) -> None:
+        self._fit_start_step, self._validated_step = self.global_step, None
+
+    def on_train_end(self) -> None:
+        """Validate the final weights when ``trainer.check_val_every_n_epoch`` (or ``val_check_interval``,
+        ``max_steps``) left them unvalidated, e.g. max_epochs 2 with check_val_every_n_epoch 3."""
+        trainer = self.trainer
+        if self.hparams.mode != "finetune" or self.lora is None or not trainer.enable_validation:
+            return  # btp_only / nothing trained, or validation disabled (limit_val_batches: 0)
+        if self.global_step == self._fit_start_step or self._validated_step == self.global_step:
+            return  # no step taken in this fit, or the final weights were validated already
+        problems = getattr(trainer.datamodule, "held_out_problems", None)
+        if not problems:
+            rank_zero_warn(
+                f"the fine-tuned weights were not validated (trainer.max_epochs {trainer.max_epochs}, "
+                f"trainer.check_val_every_n_epoch {trainer.check_val_every_n_epoch}) and there is no BTPDataModule "
+                "with held-out problems to evaluate them; run `python cli.py test --config ... --ckpt_path last`"
+            )
+            return
+        epoch = max(self.current_epoch - 1, 0)  # the last completed epoch (the counter has moved on)
+        log.info(
+            "validating the final weights of epoch %d (trainer.check_val_every_n_epoch %s skipped them)",
+            epoch, trainer.check_val_every_n_epoch,
+        )
+        self._validate_final_weights(problems, trainer.datamodule.hparams.eval_batch_size, epoch)
+
+    def _validate_final_weights(self, problems: list[Any], batch_size: int, epoch: int) -> None:
+        """A validation pass run directly (Lightning's loop cannot run from ``on_train_end``): this rank's
+        shard of the held-out problems, ``trainer.limit_val_batches`` honoured, logged at the final step."""
+        trainer = self.trainer
+        shard = problems[trainer.global_rank :: trainer.world_size]
+        batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+        limit = trainer.limit_val_batches
+        if isinstance(limit, float) and limit < 1.0:
+            batches = batches[: max(int(len(batches) * limit), 1)]
+        elif isinstance(limit, int):
+            batches = batches[:limit]
+        evaluator = self._evaluator("val")
+        evaluator.reset()
+        with trainer.precision_plugin.val_step_context():
+            for batch in batches:
+                self._eval_step("val", RecordBatch(batch))
+        metrics = evaluator.compute()  # collective under DDP
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=self.global_step)
+        self._write_eval("val", epoch, metrics)
+        self._validated_step = self.global_step
+        evaluator.reset()
 
     def test_step(self, batch: RecordBatch, batch_idx: int) -> None:
         self._eval_step("test", batch)

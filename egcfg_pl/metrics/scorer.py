@@ -6,13 +6,24 @@ Both ``evaluate_candidates`` (one shot, e.g. a samples file) and the Lightning h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, NamedTuple
 
 from egcfg_pl.metrics.collection import CodeGenMetrics, first_candidate_index
 from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner, group_by_problem
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.sampling.candidate import Candidate, PossibilityForm
+from egcfg_pl.sandbox.verdict import Verdict
+
+
+class Scored(NamedTuple):
+    """What one problem added to the metrics (kept so the metrics can be recounted, see ``keep_only``)."""
+
+    problem: Problem
+    candidates: list[Candidate]
+    verdicts: list[Verdict]
+    gen_seconds: float
+    gen_tokens: int
 
 
 class CandidateScorer:
@@ -28,6 +39,7 @@ class CandidateScorer:
         self.metrics = CodeGenMetrics(ks, p2value_alpha=p2value_alpha, possibility_form=possibility_form)
         self.problems: list[ProblemReport] = []
         self.unscored: list[str] = []
+        self.scored: list[Scored] = []
 
     def score(
         self,
@@ -53,11 +65,33 @@ class CandidateScorer:
             group_verdicts = verdicts[start : start + len(group)]
             start += len(group)
             tokens = sum(c.num_tokens for c in group)
-            self.metrics.update(by_id[pid], group, group_verdicts, gen_seconds * tokens / total_tokens, tokens)
+            record = Scored(by_id[pid], list(group), list(group_verdicts), gen_seconds * tokens / total_tokens, tokens)
+            self.metrics.update(*record)
+            self.scored.append(record)
             first = first_candidate_index(group)
             reports.append(ProblemReport.build(by_id[pid], group, group_verdicts, first, self.possibility_form))
         self.problems += reports
         return reports
+
+    def keep_only(self, problem_ids: Collection[str]) -> None:
+        """Recount the metrics and per-problem records over these problem ids only (the first record of each).
+
+        Under DDP, Lightning's ``DistributedSampler`` repeats a few problems to even out the ranks; each
+        problem must be counted by exactly one rank for the synced sums to match the de-duplicated report.
+        """
+        keep, seen, kept, reports = set(problem_ids), set(), [], []
+        for record, report in zip(self.scored, self.problems):
+            pid = record.problem.id
+            if pid in keep and pid not in seen:
+                seen.add(pid)
+                kept.append(record)
+                reports.append(report)
+        if len(kept) == len(self.scored):
+            return
+        self.metrics.reset()
+        for record in kept:
+            self.metrics.update(*record)
+        self.scored, self.problems = kept, reports
 
     def compute(self) -> dict[str, float]:
         """Metrics over everything scored (DDP-synced by torchmetrics when a process group is up)."""
@@ -76,4 +110,4 @@ class CandidateScorer:
 
     def reset(self) -> None:
         self.metrics.reset()
-        self.problems, self.unscored = [], []
+        self.problems, self.unscored, self.scored = [], [], []
