@@ -83,3 +83,18 @@ def test_sampler_gives_the_same_candidates_merged_or_not(tiny_model_dir):
     assert [g.token_ids for g in fast] == [g.token_ids for g in slow]
     assert [g.logprob for g in fast] == pytest.approx([g.logprob for g in slow], abs=1e-3)
     assert all(torch.equal(a, b) for a, b in zip(base_weights(model), before))
+
+
+def test_merge_is_judged_by_the_layers_not_the_quantized_flag(tiny_model_dir):
+    model, _ = trained_looking(tiny_model_dir, "bfloat16")
+    model.base_model.model.is_quantized = True  # what transformers sets on a (dequantized) GGUF checkpoint
+    assert can_merge(model)
+
+    class Params4bitLike(torch.nn.Parameter):
+        """bitsandbytes keeps 4/8-bit weights in Parameter subclasses; merging those would re-quantize."""
+
+    layer = lora_layers(model)[0].get_base_layer()
+    layer.weight = Params4bitLike(layer.weight.detach(), requires_grad=False)
+    assert not can_merge(model)
+    with merged_lora(model) as merged:
+        assert merged is False

@@ -1,13 +1,15 @@
 """Generate from a LoRA-wrapped model with the adapter folded into the base weights, exactly undone after.
 
-An unmerged LoRA layer runs ``base(x) + B(A(dropout(x))) * scale``: four extra small ops per adapted
-linear layer and decoding step. With ``target_modules: all-linear`` that is ~7 x layers x 4 extra kernels per
-token, which dominates decoding time for small models on CPU (see ``benchmarks/README.md``, Sampling).
-Folding ``W + scale * B @ A`` into the base weight removes them. peft's ``unmerge_adapter`` subtracts the
-update again, which is not exact in bfloat16 (each merge/unmerge would round every frozen weight once more,
-and the error would pile up over BTP iterations), so the base weights are copied first and restored from the
-copy: the frozen base is bit-identical afterwards. The copy costs the adapted layers' weights in memory
-(for the 135M embedded model ~0.2 GB in bf16); quantized bases (4/8-bit) are never merged (their merge is lossy).
+An unmerged LoRA layer runs ``base(x) + B(A(dropout(x))) * scale``: extra small kernels per adapted linear
+layer and decoding step (with ``target_modules: all-linear``, 7 per transformer block). Folding
+``W + scale * B @ A`` into the base weight removes them: measured on 2 CPU cores (bf16, SmolLM2-135M) the
+merged model decodes as fast as the plain one, 1.16x the unmerged adapter end to end (``benchmarks/README.md``).
+peft's ``unmerge_adapter`` subtracts the update again, which is not exact in bfloat16 (each merge/unmerge would
+round every frozen weight once more, and the error would pile up over BTP iterations), so the base weights are
+copied first and restored from the copy: the frozen base is bit-identical afterwards. The copy costs the adapted
+layers' weights in memory. In bf16/fp16 the merged weight ``W + ΔW`` is itself rounded, so a small adapter
+update is partly lost while sampling; that is why ``GenerationSettings.merge_lora`` is off by default.
+Quantized (4/8-bit) bases are never merged (their merge is lossy).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def lora_layers(model) -> list:
@@ -28,14 +32,22 @@ def lora_layers(model) -> list:
 
 
 def can_merge(model) -> bool:
-    """True for a PeftModel over full-precision weights (not 4/8-bit, not offloaded to meta)."""
-    if not hasattr(model, "merge_adapter") or not lora_layers(model):
+    """True for a PeftModel whose adapted layers hold plain floating-point weights.
+
+    Judged per layer, not by the model's ``is_quantized`` flag: a GGUF checkpoint (the embedded default) is
+    flagged quantized by transformers but loads as plain bf16/fp32 tensors, while a bitsandbytes 4/8-bit
+    layer keeps its weight in a ``Params4bit`` / ``Int8Params`` subclass (merging those would re-quantize).
+    """
+    if not hasattr(model, "merge_adapter"):
         return False
-    base = getattr(model, "base_model", model)
-    inner = getattr(base, "model", base)
-    if any(getattr(inner, flag, False) for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized")):
+    layers = lora_layers(model)
+    if not layers:
         return False
-    return all(m.get_base_layer().weight.device.type != "meta" for m in lora_layers(model))
+    for layer in layers:
+        weight = getattr(layer.get_base_layer(), "weight", None)
+        if type(weight) is not torch.nn.Parameter or weight.dtype not in FLOAT_DTYPES or weight.device.type == "meta":
+            return False
+    return True
 
 
 @contextmanager
