@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-sandbox bench-sampling clean
+.PHONY: install demo test test-fast bench bench-sandbox bench-sampling bench-eval clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ bench-sandbox: $(STAMP)
 
 bench-sampling: $(STAMP)
 	$(PY) -m benchmarks.sampling --lora
+
+# Full greedy held-out runs of the embedded model (HumanEval 164, MBPP test 500; about 25 + 45 min on 2 cores).
+bench-eval: $(STAMP)
+	for set in humaneval mbpp; do \
+	  $(PY) cli.py test --config configs/eval_$${set}_smollm2.yaml && \
+	  $(PY) -m benchmarks.eval_summary "$$(ls -td checkpoints/eval_$${set}_smollm2/tb/version_*/ | head -1)eval_test_epoch0.json" \
+	    benchmarks/results/eval_$${set}_smollm2.json --command "python cli.py test --config configs/eval_$${set}_smollm2.yaml" || exit 1; \
+	done
 
 bench: bench-sandbox bench-sampling
 
