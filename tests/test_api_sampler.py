@@ -311,7 +311,8 @@ def test_cache_hit_sends_no_request_and_returns_the_same_candidates(tmp_path, ke
 
 
 CTRL_C_SCRIPT = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.sampling.api import ApiSampler, ApiSettings
 settings = ApiSettings(model="fake-model", provider="custom", base_url=sys.argv[1], api_key_env="none", n=1,
