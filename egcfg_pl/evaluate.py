@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from egcfg_pl.metrics.report import EvalReport, ProgramRunner, atomic_write_text, evaluate_candidates
-from egcfg_pl.problems.problem import Problem
+from egcfg_pl.problems.problem import Problem, id_names
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sandbox.config import SandboxConfig
 
@@ -54,11 +54,12 @@ class TaskIdIndex:
     """
 
     def __init__(self, problems: Sequence[Problem], dataset: str) -> None:
-        self.full = {p.id.lower(): p.id for p in problems}
-        self.bare = {p.id.split("/", 1)[-1].lower(): p.id for p in problems}
+        names = [(p.id, [name.lower() for name in id_names(p.id)]) for p in problems]
+        self.full = {full: pid for pid, (full, _, _) in names}
+        self.bare = {bare: pid for pid, (_, bare, _) in names}
         last: dict[str, list[str]] = {}
-        for p in problems:
-            last.setdefault(p.id.rsplit("/", 1)[-1].lower(), []).append(p.id)
+        for pid, (_, _, tail) in names:
+            last.setdefault(tail, []).append(pid)
         self.last = {name: ids[0] for name, ids in last.items() if len(ids) == 1}  # unambiguous only
         prefixes = {p.id.split("/", 1)[0].lower() for p in problems if "/" in p.id}
         self.prefixes = prefixes | {dataset.lower(), dataset.lower().split("_")[0]}

@@ -85,16 +85,20 @@ class HeldOutEvaluator:
         self.scorer.score(problems, candidates, gen_seconds=time.perf_counter() - start)
         self._deduplicated = False
 
-    def compute(self) -> dict[str, float]:
-        """Collective under DDP (every rank calls it): metrics over the de-duplicated held-out problems."""
+    def _deduplicate(self) -> None:
+        """Collective under DDP, once per round of steps: see ``deduplicate_across_ranks``."""
         if not self._deduplicated:
             deduplicate_across_ranks(self.scorer)
             self._deduplicated = True
+
+    def compute(self) -> dict[str, float]:
+        """Collective under DDP (every rank calls it): metrics over the de-duplicated held-out problems."""
+        self._deduplicate()
         return self.scorer.compute()
 
     def write_report(self, path: Path, config: dict[str, Any]) -> EvalReport:
         """Collective under DDP (every rank calls it); rank 0 writes the file."""
-        self.compute()  # de-duplicates first, so the metrics and the per-problem records agree
+        self._deduplicate()  # so the metrics and the per-problem records agree
         problems = gather_reports(self.scorer.problems)
         report = self.scorer.report(config, problems)
         if not _distributed() or torch.distributed.get_rank() == 0:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egcfg_pl.problems import apps, codecontests, humaneval, mbpp
-from egcfg_pl.problems.problem import Problem
+from egcfg_pl.problems.problem import Problem, id_names
 
 DATASETS = ("humaneval", "mbpp", "mbpp_sanitized", "apps", "codecontests")
 _LOADERS: dict[str, Callable[..., list[Problem]]] = {
@@ -93,12 +93,8 @@ def _filter_ids(problems: list[Problem], dataset: str, ids: Sequence[str]) -> li
     """Keep the listed ids (full ``"mbpp/601"`` or bare ``"601"``; APPS ``"apps/train/42"``, ``"train/42"`` or
     ``"42"``), in dataset order; unknown ids fail."""
     wanted = {str(i) for i in ids}
-
-    def names(p: Problem) -> set[str]:
-        return {p.id, p.id.split("/", 1)[-1], p.id.rsplit("/", 1)[-1]}
-
-    kept = [p for p in problems if names(p) & wanted]
-    found = set().union(*(names(p) for p in kept))
+    kept = [p for p in problems if wanted.intersection(id_names(p.id))]
+    found = set().union(*(id_names(p.id) for p in kept))
     missing = sorted(wanted - found)
     if missing:
         raise ValueError(f"{len(missing)} id(s) not in this {dataset} split: {missing[:10]}")

@@ -56,3 +56,9 @@ class Problem:
     @property
     def num_tests(self) -> int:
         return len(self.tests)
+
+
+def id_names(problem_id: str) -> tuple[str, str, str]:
+    """The spellings that name a problem: its full id (``apps/train/42``), the id without the dataset prefix
+    (``train/42``) and its last part (``42``); for ``mbpp/601`` the last two are both ``601``."""
+    return problem_id, problem_id.split("/", 1)[-1], problem_id.rsplit("/", 1)[-1]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
-from egcfg_pl.replay.priorities import STRATEGIES, Strategy, sampling_probabilities
+from egcfg_pl.replay.priorities import Strategy, check_strategy, sampling_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ class ReplaySettings:
     """Seed of the draw RNG (its state is checkpointed)."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            choices = ", ".join(STRATEGIES)
-            raise ValueError(f"{setting_path('strategy')} {self.strategy!r} is unknown; use one of {choices}")
+        check_strategy(self.strategy, setting_path("strategy"))
         if self.possibility not in ("normalized", "raw"):
             raise ValueError(f"{setting_path('possibility')} {self.possibility!r} is unknown; use normalized or raw")
         if not 0.0 <= self.p2value_alpha <= 1.0:
@@ -84,6 +82,11 @@ def normalize_program(program: str) -> str:
     return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
+
+def entry_key(exp: Experience) -> tuple[str, str]:
+    """What makes two experiences the same buffer entry: the problem and the normalised program."""
+    return (exp.problem_id, normalize_program(exp.program))
+
 class ReplayBuffer:
     """Experiences keyed by (problem id, normalised program).
 
@@ -112,7 +115,7 @@ class ReplayBuffer:
         for exp in experiences:
             if exp.pass_rate < self.settings.min_pass_rate:
                 continue
-            key = (exp.problem_id, normalize_program(exp.program))
+            key = entry_key(exp)
             if key not in self._items:
                 new += 1
                 self._order[key] = self._counter
@@ -210,7 +213,7 @@ class ReplayBuffer:
             if exp.pass_rate < s.min_pass_rate:
                 below += 1
                 continue
-            key = (exp.problem_id, normalize_program(exp.program))
+            key = entry_key(exp)
             self._items[key], self._seen[key], self._order[key] = exp, seen, order
         self._counter = state["counter"]
         self.rng.bit_generator.state = state["rng"]

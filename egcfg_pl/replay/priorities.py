@@ -18,9 +18,10 @@ Strategy = Literal["power", "rank", "uniform", "pass_rate", "possibility"]
 STRATEGIES: tuple[str, ...] = ("power", "rank", "uniform", "pass_rate", "possibility")
 
 
-def check_strategy(strategy: str) -> None:
+def check_strategy(strategy: str, field: str = "replay strategy") -> None:
+    """Fail with ``field`` (the setting's name in the user's config) when ``strategy`` is unknown."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"replay strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+        raise ValueError(f"{field} {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
 
 
 def rank_priorities(scores: np.ndarray) -> np.ndarray:
