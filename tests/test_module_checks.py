@@ -232,7 +232,7 @@ TIME_KEYS = {"runtime_s", "tokens_per_s"}
 class ToySampler:
     name = "toy"
 
-    def sample(self, problems, *, iteration=0):
+    def sample(self, problems, *, iteration=0, stream=()):
         return [c for p in problems for c in TOY_CANDIDATES[p.id]]
 
 

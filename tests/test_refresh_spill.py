@@ -21,7 +21,7 @@ class CountingSampler:
     def __init__(self, inner, log: list[list[str]], fail_on_call: int | None):
         self.inner, self.log, self.fail_on_call = inner, log, fail_on_call
 
-    def sample(self, problems, *, iteration=0):
+    def sample(self, problems, *, iteration=0, stream=()):
         self.log.append([p.id for p in problems])
         if self.fail_on_call is not None and len(self.log) == self.fail_on_call:
             raise Killed("simulated kill in the middle of a refresh")

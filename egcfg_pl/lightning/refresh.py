@@ -148,10 +148,12 @@ class ReplayRefresh(L.Callback):
         todo = [p for p in problems if p.id not in done]
         assert self._executor is not None, "refresh runs inside fit (setup creates the executor)"
         sampler = self.sampler(pl_module) if todo else None  # a source model is loaded only when needed
+        rank = pl_module.trainer.global_rank
         for start in range(0, len(todo), self.chunk_problems):
             chunk = todo[start : start + self.chunk_problems]
             by_id = {p.id: p for p in chunk}
-            candidates = sampler.sample(chunk, iteration=epoch)
+            # one random stream per (iteration, rank, chunk): seed + iteration alone repeats across chunks and ranks
+            candidates = sampler.sample(chunk, iteration=epoch, stream=(rank, start // self.chunk_problems))
             verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
             fresh: dict[str, list[Experience]] = {p.id: [] for p in chunk}
             for c, v in zip(candidates, verdicts):

@@ -65,7 +65,7 @@ def experience_from_dict(data: dict[str, Any]) -> Experience:
     v = data["verdict"]
     results = tuple(TestResult(Status(r["status"]), r["seconds"], r["detail"]) for r in v["results"])
     return Experience(
-        candidate=Candidate(**data["candidate"]),
+        candidate=Candidate(**data["candidate"]),  # files written before ``truncated`` existed read as False
         verdict=Verdict(v["problem_id"], results, v["seconds"]),
         possibility=data["possibility"],
         p2value=data["p2value"],

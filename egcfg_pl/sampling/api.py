@@ -246,8 +246,13 @@ class ApiSampler:
     def requests_sent(self) -> int:
         return self.budget.used
 
-    def sample(self, problems: Sequence[Problem], *, iteration: int = 0) -> list[Candidate]:
-        """``n`` candidates per problem, grouped by problem in input order (rank = request order)."""
+    def sample(
+        self, problems: Sequence[Problem], *, iteration: int = 0, stream: Sequence[int] = ()
+    ) -> list[Candidate]:
+        """``n`` candidates per problem, grouped by problem in input order (rank = request order).
+
+        ``stream`` is accepted for the ``Sampler`` interface and unused: each request's seed already differs per
+        (iteration, request index) and the prompt differs per problem, so chunks and ranks never repeat a request."""
         start, sent, hits = time.perf_counter(), self.requests_sent, self.cache_hits
         candidates = [c for group in self._sample_all(problems, iteration) for c in group]
         self._count_unknown(candidates)

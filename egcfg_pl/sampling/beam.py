@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
+from egcfg_pl.sampling.base import derive_seed
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
@@ -42,6 +43,7 @@ class Generation:
     token_ids: tuple[int, ...]  # kept generated tokens (EOS / stop-string token included)
     text: str  # decoded kept tokens, cut before the first stop string
     logprob: float  # Σ log p over token_ids under the model (natural log)
+    truncated: bool = False  # ran out of max_new_tokens before EOS or a stop string
 
 
 @dataclass
@@ -131,12 +133,18 @@ class StopOnStrings(StoppingCriteria):
 
 def cut_generation(ids: Sequence[int], eos_ids: set[int], tracker: StopStringTracker) -> list[int]:
     """Kept tokens: through the first EOS, then through the token completing the first stop string."""
+    return cut_and_finish(ids, eos_ids, tracker)[0]
+
+
+def cut_and_finish(ids: Sequence[int], eos_ids: set[int], tracker: StopStringTracker) -> tuple[list[int], bool]:
+    """``(kept tokens, finished)``: ``finished`` is False when neither EOS nor a stop string ended the row, i.e.
+    generation ran to ``max_new_tokens`` (a row only stops early through EOS or a stop string)."""
     ids = list(ids)
     eos_at = next((i for i, t in enumerate(ids) if t in eos_ids), None)
     if eos_at is not None:
         ids = ids[: eos_at + 1]
     stop_at = tracker.first_stop(ids)
-    return ids if stop_at is None else ids[:stop_at]
+    return (ids if stop_at is None else ids[:stop_at]), (eos_at is not None or stop_at is not None)
 
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,12 +287,16 @@ class HFSampler:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
-    def sample(self, problems: Sequence[Problem], *, iteration: int = 0) -> list[Candidate]:
+    def sample(
+        self, problems: Sequence[Problem], *, iteration: int = 0, stream: Sequence[int] = ()
+    ) -> list[Candidate]:
         """Candidates grouped by problem in input order, best first within a problem."""
-        generations = self.generate(problems, iteration=iteration)
+        generations = self.generate(problems, iteration=iteration, stream=stream)
         return [self._candidate(problems[g.problem_index], g, iteration) for g in generations]
 
-    def generate(self, problems: Sequence[Problem], *, iteration: int = 0) -> list[Generation]:
+    def generate(
+        self, problems: Sequence[Problem], *, iteration: int = 0, stream: Sequence[int] = ()
+    ) -> list[Generation]:
         """The raw continuations (with token ids) behind ``sample``, in the same order."""
         self.last_stats = SamplingStats(problems=len(problems))
         if not problems:
@@ -295,7 +307,7 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration), tqdm(
+            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
                 for batch in batches:
@@ -309,9 +321,10 @@ class HFSampler:
         self.last_stats.generated_tokens = sum(len(g.token_ids) for g in ordered)
         return ordered
 
-    def _rng(self, iteration: int):
-        """``sample`` reseeds torch with seed + iteration; the RNG is forked so training randomness is untouched."""
-        seed = self.settings.seed + iteration if self.settings.strategy == "sample" else None
+    def _rng(self, iteration: int, stream: Sequence[int] = ()):
+        """``sample`` reseeds torch from (seed, iteration, *stream) (``derive_seed``); the RNG is forked so training
+        randomness is untouched."""
+        seed = derive_seed(self.settings.seed, iteration, *stream) if self.settings.strategy == "sample" else None
         return seeded(seed, next(self.model.parameters()).device)
 
     def tracker(self, problem: Problem) -> StopStringTracker:
@@ -336,23 +349,31 @@ class HFSampler:
         self.last_stats.generate_seconds += time.perf_counter() - start
         per = self.settings.candidates_per_problem  # rows come grouped by problem, best beam first
         rows = out[:, p_len:].tolist()
-        kept = [cut_generation(row, set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
+        cut = [cut_and_finish(row, set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
+        kept = [ids for ids, _ in cut]
+        truncated = [not finished for _, finished in cut]
         start = time.perf_counter()
         row_prompts = [prompts[r // per] for r in range(len(kept))]
         logprobs = sequence_logprobs(self.model, row_prompts, kept, self.pad_id)
         self.last_stats.rescore_seconds += time.perf_counter() - start
         return [
             [
-                self._generation(indices[b], rank, kept[b * per + rank], logprobs[b * per + rank], trackers[b])
+                self._generation(
+                    indices[b], rank, kept[b * per + rank], logprobs[b * per + rank], trackers[b], truncated[b * per + rank]
+                )
                 for rank in range(per)
             ]
             for b in range(len(indices))
         ]
 
     @staticmethod
-    def _generation(index: int, rank: int, ids: list[int], logprob: float, tracker: StopStringTracker) -> Generation:
+    def _generation(
+        index: int, rank: int, ids: list[int], logprob: float, tracker: StopStringTracker, truncated: bool = False
+    ) -> Generation:
         text = tracker.cut_text(tracker.decode(ids))
-        return Generation(problem_index=index, rank=rank, token_ids=tuple(ids), text=text, logprob=logprob)
+        return Generation(
+            problem_index=index, rank=rank, token_ids=tuple(ids), text=text, logprob=logprob, truncated=truncated
+        )
 
     def _candidate(self, problem: Problem, g: Generation, iteration: int) -> Candidate:
         return Candidate(
@@ -364,4 +385,5 @@ class HFSampler:
             source=self.name,
             iteration=iteration,
             rank=g.rank,
+            truncated=g.truncated,
         )

@@ -27,6 +27,9 @@ class Candidate:
     source: str = ""  # model or API that produced it
     iteration: int = 0
     rank: int = 0  # position among this problem's candidates (0 = best beam / first sample)
+    truncated: bool = False
+    """The generation ran out of its token budget (``max_new_tokens``; an API's ``finish_reason == "length"``)
+    before EOS or a stop string: the program may be cut off mid-statement and must not be taught to end."""
 
     @property
     def probability(self) -> float | None:

@@ -29,7 +29,8 @@ class GenerationSettings:
     batch_size: int = 8
     """Problems per ``generate`` call; each expands to num_beams (or num_return_sequences) rows."""
     seed: int = 0
-    """``sample`` reseeds torch with seed + iteration on every call (the global RNG is restored after)."""
+    """``sample`` reseeds torch from (seed, iteration, rank, chunk) on every call (``sampling.base.derive_seed``;
+    the global RNG is restored after)."""
     length_buckets: bool = True
     """Batch problems of similar prompt length together (less left padding); output order is unchanged."""
     stop_strings: list[str] | None = None
