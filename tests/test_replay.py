@@ -64,12 +64,58 @@ def test_ablation_strategies_use_their_own_score():
         sampling_probabilities([], [], [], strategy="power")
 
 
-def test_draw_frequencies_follow_the_distribution():
-    buf = ReplayBuffer(ReplaySettings(strategy="power", sampling_alpha=1.0, seed=3))
-    buf.add([make_exp("a", "x=1", None, 1, 1, 4), make_exp("b", "x=2", None, 1, 3, 4)])
-    draws = buf.sample_indices(20_000)
-    freq = np.bincount(draws, minlength=2) / len(draws)
-    np.testing.assert_allclose(freq, buf.probabilities(), atol=0.02)
+@pytest.mark.parametrize(
+    "strategy, alpha, expected",
+    [
+        ("power", 2.0, [1 / 14, 4 / 14, 9 / 14]),  # p = 1/4, 2/4, 3/4: p^2 / Σ p^2 = (1, 4, 9) / 14
+        ("rank", 1.0, [2 / 11, 3 / 11, 6 / 11]),  # ranks 3, 2, 1: (1/3, 1/2, 1) / (11/6)
+        ("uniform", 1.0, [1 / 3, 1 / 3, 1 / 3]),
+    ],
+)
+def test_draw_frequencies_follow_the_distribution(strategy, alpha, expected):
+    # the expected frequencies are written out by hand from Eq. 6, not taken from the buffer
+    buf = ReplayBuffer(ReplaySettings(strategy=strategy, sampling_alpha=alpha, seed=3))
+    buf.add([make_exp("a", "x=1", None, 1, 1, 4), make_exp("b", "x=2", None, 1, 2, 4), make_exp("c", "x=3", None, 1, 3, 4)])
+    draws = buf.sample_indices(30_000)
+    freq = np.bincount(draws, minlength=3) / len(draws)
+    np.testing.assert_allclose(freq, expected, atol=0.015)
+
+
+def test_rank_ties_share_the_average_rank_whatever_the_insertion_order():
+    tied = sampling_probabilities([0.5] * 4, [0] * 4, [None] * 4, strategy="rank", alpha=1.0)
+    np.testing.assert_allclose(tied, [0.25] * 4)  # not 0.48 / 0.24 / 0.16 / 0.12 by position
+    # 0.6 twice shares ranks 1-2 (1.5 each), 0.4 is rank 3, 0.2 rank 4
+    mixed = sampling_probabilities([0.2, 0.6, 0.4, 0.6], [0] * 4, [None] * 4, strategy="rank", alpha=1.0)
+    weights = np.array([1 / 4, 1 / 1.5, 1 / 3, 1 / 1.5])
+    np.testing.assert_allclose(mixed, weights / weights.sum())
+    buf = ReplayBuffer(ReplaySettings(strategy="rank", p2value_alpha=0.0))  # α = 0: P2Value = pass rate
+    buf.add([make_exp(pid, f"x={pid}", None, 1, 1, 2) for pid in "abcd"])
+    np.testing.assert_allclose(buf.probabilities(), [0.25] * 4)
+
+
+def test_power_draws_do_not_underflow_for_large_exponents():
+    probs = sampling_probabilities([0.3, 0.2, 0.3], [0] * 3, [None] * 3, strategy="power", alpha=1000.0, epsilon=0.0)
+    assert np.all(np.isfinite(probs))  # 0.3^1000 underflows to 0 in float64: 0 / 0 = NaN before
+    np.testing.assert_allclose(probs, [0.5, 0.0, 0.5], atol=1e-12)  # (0.2/0.3)^1000 ~ 1e-176
+    assert probs.sum() == pytest.approx(1.0)
+    rank = sampling_probabilities([0.3, 0.2, 0.1], [0] * 3, [None] * 3, strategy="rank", alpha=2000.0)
+    np.testing.assert_allclose(rank, [1.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_power_draws_with_zero_priorities():
+    # a priority of exactly 0 (epsilon 0) is never drawn for a > 0, and at a = 0 everything is uniform (0^0 = 1)
+    zero = sampling_probabilities([0.0, 0.5], [0] * 2, [None] * 2, strategy="power", alpha=1.0, epsilon=0.0)
+    np.testing.assert_allclose(zero, [0.0, 1.0])
+    np.testing.assert_allclose(
+        sampling_probabilities([0.0, 0.5], [0] * 2, [None] * 2, strategy="power", alpha=0.0, epsilon=0.0), [0.5, 0.5]
+    )
+    # all zero: no entry is preferred, so the draw is uniform rather than 0 / 0
+    np.testing.assert_allclose(
+        sampling_probabilities([0.0, 0.0], [0] * 2, [None] * 2, strategy="power", alpha=3.0, epsilon=0.0), [0.5, 0.5]
+    )
+    # the default epsilon keeps a failed program reachable but far below one that passes, even for large a
+    eps = sampling_probabilities([0.0, 0.5], [0] * 2, [None] * 2, strategy="power", alpha=50.0)
+    assert np.all(np.isfinite(eps)) and 0.0 <= eps[0] < 1e-100 and eps[1] == pytest.approx(1.0)
 
 
 def test_failed_programs_are_kept_and_duplicates_merged():

@@ -2,9 +2,11 @@
 
 ``power``:  P(i) = p_i^a / Σ_k p_k^a with p_i = P2Value_i            (paper Eq. 6, "proportional")
 ``rank``:   P(i) = p_i^a / Σ_k p_k^a with p_i = 1 / rank(i)            (paper Eq. 6, rank-based;
-            rank 1 = highest P2Value, ties share the better rank order by insertion)
+            rank 1 = highest P2Value; tied entries share their average rank, so equal P2Values are drawn
+            equally often whatever their insertion order)
 ``uniform``, ``pass_rate``, ``possibility``: the ablation baselines (power form on the named score).
 ``a`` is ``sampling_alpha``: 0 gives uniform sampling, larger values concentrate on the best experiences.
+The power is taken in log space relative to the largest priority, so a large ``a`` cannot underflow to 0/0.
 """
 
 from __future__ import annotations
@@ -24,12 +26,33 @@ def check_strategy(strategy: str, field: str = "replay strategy") -> None:
         raise ValueError(f"{field} {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
 
 
+def average_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank 1 = the highest score; tied scores all get the mean of the ranks they span (four-way tie for
+    first: 2.5 each). Ties are common (α = 0, an API without log-probs, raw possibilities), and breaking
+    them by position would favour whichever entry happened to be stored first."""
+    values, inverse, counts = np.unique(-np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last member of each group of equal values (ascending -score)
+    return ((last - counts + 1 + last) / 2.0)[inverse]
+
+
 def rank_priorities(scores: np.ndarray) -> np.ndarray:
-    """p_i = 1 / rank_i where rank 1 is the highest score (a stable sort keeps insertion order on ties)."""
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    return 1.0 / ranks
+    """p_i = 1 / rank_i with average ranks for ties (see :func:`average_ranks`)."""
+    return 1.0 / average_ranks(scores)
+
+
+def power_weights(priorities: np.ndarray, alpha: float) -> np.ndarray:
+    """p^a / Σ p^a computed as exp(a·(log p − log max p)), normalised: no underflow for large ``a``.
+
+    ``alpha = 0`` is uniform (0^0 = 1, as Eq. 6 reads); a priority of exactly 0 gets probability 0 for
+    ``alpha > 0``; if every priority is 0 the draw is uniform (no entry is preferred over another).
+    """
+    p = np.asarray(priorities, dtype=np.float64)
+    if alpha == 0 or not np.any(p > 0):
+        return np.full(len(p), 1.0 / len(p))
+    with np.errstate(divide="ignore"):
+        logw = alpha * (np.log(p) - np.log(p.max()))  # log 0 = -inf -> weight 0
+    weights = np.exp(logw)
+    return weights / weights.sum()
 
 
 def sampling_probabilities(
@@ -61,5 +84,4 @@ def sampling_probabilities(
         if source is None:  # possibility
             source = [0.0 if p is None else p for p in possibilities]
         priorities = np.asarray(source, dtype=np.float64) + epsilon
-    weights = priorities**alpha
-    return weights / weights.sum()
+    return power_weights(priorities, alpha)
