@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from egcfg_pl.experiments.runner import main, parse_spec
-from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid
+from egcfg_pl.experiments.run import build_data
+from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid, RunSettings
 from egcfg_pl.experiments.stats import bootstrap_ci, paired_delta, wilson_interval
 from egcfg_pl.experiments.steps import Variant, apply_changes, variant_settings
 
@@ -211,3 +212,16 @@ def test_bootstrap_and_paired_delta():
     assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3))
     delta = paired_delta({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0})
     assert delta["num_problems"] == 3 and delta["mean"] == pytest.approx(1 / 3)
+
+
+def test_run_seed_changes_the_replay_draws_unless_replay_seed_is_set():
+    from test_replay import make_exp
+
+    def draws(**changes) -> list[int]:
+        data = build_data(apply_changes(RunSettings(), changes))
+        data.buffer.add([make_exp(pid, f"x={pid}", None, 1, 1, 2) for pid in "abcdefgh"])
+        return data.buffer.sample_indices(40).tolist()
+
+    assert draws(seed=1) != draws(seed=2)  # run.seed is "the seed of everything", replay draws included
+    assert draws(seed=1) == draws(seed=1)
+    assert draws(seed=1, **{"replay.seed": 5}) == draws(seed=2, **{"replay.seed": 5})  # an explicit replay seed wins

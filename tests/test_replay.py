@@ -228,3 +228,22 @@ def test_restore_with_same_settings_is_exact_and_silent(caplog):
         "settings": restored.state_dict()["settings"]
     }
     np.testing.assert_array_equal(restored.sample_indices(40), buf.sample_indices(40))
+
+
+def test_unset_replay_seed_follows_the_run_seed(monkeypatch):
+    import lightning as L
+
+    def draws(settings: ReplaySettings) -> list[int]:
+        buf = ReplayBuffer(settings)
+        buf.add([make_exp(pid, f"x={pid}", None, 1, 1, 2) for pid in "abcdefgh"])
+        return buf.sample_indices(40).tolist()
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test
+    L.seed_everything(1, verbose=False)
+    first, pinned_first = draws(ReplaySettings()), draws(ReplaySettings(seed=7))
+    L.seed_everything(2, verbose=False)
+    second, pinned_second = draws(ReplaySettings()), draws(ReplaySettings(seed=7))
+    assert first != second  # seed_everything changes the draw stream ...
+    assert pinned_first == pinned_second  # ... unless the replay seed is set explicitly
+    L.seed_everything(1, verbose=False)
+    assert draws(ReplaySettings()) == first  # and the same run seed reproduces it

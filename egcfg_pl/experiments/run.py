@@ -8,6 +8,7 @@ a big-to-small source) take the same path without the fit.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -92,10 +93,12 @@ def build_module(s: RunSettings, train: bool) -> BTPModule:
 
 
 def build_data(s: RunSettings) -> BTPDataModule:
+    """The datamodule; the replay draws are seeded by ``run.seed`` unless ``run.replay.seed`` is set."""
+    replay = s.replay if s.replay.seed is not None else dataclasses.replace(s.replay, seed=s.seed)
     return BTPDataModule(
         held_out=s.held_out,
         train=s.train,
-        replay=s.replay,
+        replay=replay,
         batch_size=s.batch_size,
         samples_per_epoch=s.samples_per_epoch,
         eval_batch_size=s.eval_batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import tokenize
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -44,8 +45,9 @@ class ReplaySettings:
     """``lowest_p2value`` drops the lowest-valued (oldest first among ties); ``oldest`` is FIFO."""
     min_pass_rate: float = 0.0
     """Experiences with a lower pass rate are not stored (0 keeps failed programs, as the paper does)."""
-    seed: int = 0
-    """Seed of the draw RNG (its state is checkpointed)."""
+    seed: int | None = None
+    """Seed of the draw RNG (its state is checkpointed); null = the run's seed (``seed_everything``, or
+    ``run.seed`` in an experiment), so a new run seed also gives a new draw stream."""
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy, setting_path("strategy"))
@@ -67,6 +69,11 @@ class ReplaySettings:
             raise ValueError(f"{setting_path('capacity')} must be >= 1, got {self.capacity}")
         if self.eviction not in ("lowest_p2value", "oldest"):
             raise ValueError(f"{setting_path('eviction')} {self.eviction!r} is unknown; use lowest_p2value or oldest")
+
+
+def run_seed() -> int:
+    """The seed Lightning's ``seed_everything`` recorded for this process (0 when it was not called)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
 
 def normalize_program(program: str) -> str:
@@ -100,7 +107,7 @@ class ReplayBuffer:
         self._seen: dict[tuple[str, str], int] = {}
         self._order: dict[tuple[str, str], int] = {}  # insertion counter, for "oldest"
         self._counter = 0
-        self.rng = np.random.default_rng(self.settings.seed)
+        self.rng = np.random.default_rng(self.settings.seed if self.settings.seed is not None else run_seed())
 
     def __len__(self) -> int:
         return len(self._items)
