@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from egcfg_pl.problems import ProblemSet, load_problems
+from egcfg_pl.problems import OverlapError, ProblemSet, check_overlap, load_problems
+from egcfg_pl.problems.problem import Problem, TestCase
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +180,57 @@ def test_reference_solutions_pass_split_asserts(dataset, data):
     path = str(data.get(dataset, ""))
     out = subprocess.run([sys.executable, "-c", _REFERENCE_CHECK, dataset, path], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _mbpp_like(pid: str, statement: str, *asserts: str) -> Problem:
+    tests = tuple(TestCase(kind="assert", code=a, public=True) for a in asserts)
+    return Problem(id=pid, source=pid.split("/")[0], split="test", statement=statement, tests=tests)
+
+
+def test_overlap_reads_sanitized_mbpp_task_numbers_as_mbpp_ones():
+    train = [
+        _mbpp_like("mbpp/11", "Write a python function to remove first and last occurrence of a given character.",
+                   "assert remove_Occ('hello','l') == 'heo'"),
+        _mbpp_like("mbpp/12", "Sort a matrix by row sums.", "assert sort_matrix([[1]]) == [[1]]"),
+        _mbpp_like("mbpp/700", "Count the vowels.", "assert count_vowels('abc') == 1", "assert count_vowels('') == 0"),
+    ]
+    held = [
+        # same task number, rewritten statement and asserts: the id alone says it is the same problem
+        _mbpp_like("mbpp_sanitized/11", "Write a python function to remove first and last occurrence of a given "
+                   "character from the string.", 'assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"'),
+        # renumbered and reworded, but the same asserts (respaced, other quotes, other order)
+        _mbpp_like("custom/1", "How many vowels does a string have?", 'assert count_vowels("")==0', 'assert count_vowels( "abc" )==1'),
+        # shares nothing
+        _mbpp_like("mbpp_sanitized/13", "Find the most common words.", "assert count_common(['a']) == [('a', 1)]"),
+    ]
+    assert check_overlap(train, held, allow=True) == [("mbpp/11", "mbpp_sanitized/11"), ("mbpp/700", "custom/1")]
+    with pytest.raises(OverlapError, match="mbpp/11 ~ mbpp_sanitized/11"):
+        check_overlap(train, held)
+
+
+def test_overlap_ignores_asserts_that_call_nothing():
+    train = [_mbpp_like("custom/a", "one thing", "assert True")]
+    held = [_mbpp_like("custom/b", "another thing", "assert  True")]
+    assert check_overlap(train, held, allow=True) == []
+
+
+def test_overlap_returns_every_training_copy_of_a_held_out_problem():
+    held = [_mbpp_like("mbpp_sanitized/20", "Check a woodball number.", "assert is_woodall(383) == True")]
+    train = [_mbpp_like("mbpp/20", "Write a function to check if the given number is woodball or not.", "assert is_woodall(7) == True"),
+             _mbpp_like("custom/9", "Woodall numbers", "assert is_woodall(383)==True")]
+    assert check_overlap(train, held, allow=True) == [("mbpp/20", "mbpp_sanitized/20"), ("custom/9", "mbpp_sanitized/20")]
+
+
+def test_overlap_finds_every_sanitized_mbpp_test_problem_in_mbpp_test(data):
+    """Sanitized MBPP rewrites about half the statements of the MBPP tasks it keeps: matching statements alone
+    let those leak from one into the other."""
+    full = load_problems("mbpp", split="test", path=data["mbpp"])
+    sanitized = load_problems("mbpp_sanitized", split="test", path=data["mbpp_sanitized"])
+    pairs = check_overlap(full, sanitized, allow=True)
+    assert {q for _, q in pairs} == {p.id for p in sanitized}  # all 257, not only the unchanged statements
+    for p in sanitized:
+        assert (p.id.replace("mbpp_sanitized/", "mbpp/"), p.id) in pairs
+    reworded = [p for p in sanitized if p.statement != next(f for f in full if f.id.endswith(f"/{p.id.split('/')[1]}")).statement]
+    assert len(reworded) > 50  # the case the statement check missed is common in the real data
+    # the other direction (sanitized train, full test) is caught as well
+    assert {q for _, q in check_overlap(sanitized, full, allow=True)} >= {p.id.replace("mbpp_sanitized/", "mbpp/") for p in sanitized}

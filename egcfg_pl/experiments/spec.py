@@ -41,7 +41,8 @@ class RunSettings:
     held_out: ProblemSet = field(default_factory=lambda: ProblemSet(dataset="mbpp", split="test", limit=50))
     """Problems every variant is evaluated on; never trained on."""
     drop_overlapping_train: bool = True
-    """Remove training problems whose id or text also appears held out (MBPP repeats 3 statements)."""
+    """Remove training problems that also appear held out: same id (sanitized MBPP keeps MBPP task numbers),
+    statement (MBPP repeats 3) or test asserts."""
     sampling: GenerationSettings = field(default_factory=GenerationSettings)
     """How the refresh samples training candidates (beam search, BTP step 1)."""
     evaluation: GenerationSettings = field(default_factory=_greedy)
