@@ -85,11 +85,23 @@ def _delta(entry: dict[str, Any], metric: str) -> str:
     return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
 
+def _test(entry: dict[str, Any], metric: str) -> str:
+    """``+b/−c, p = … (Holm …)`` of the paired exact test against the untrained model."""
+    cmp = entry.get("vs_untrained")
+    test = cmp["delta"][metric].get("test") if cmp else None
+    if not test:
+        return "–"
+    holm = test.get("p_holm")
+    adjusted = "" if holm is None else f", Holm {holm:.3f}"
+    return f"+{test['better']}/−{test['worse']}, p {test['p_value']:.3f}{adjusted}"
+
+
 def _table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | pass@1 [95% CI] | Δ pass@1 vs untrained | avg pass rate [95% CI] | Δ avg pass rate | RSR"
+        "| variant | pass@1 [95% CI] | Δ pass@1 vs untrained [95% CI, unadjusted] | McNemar vs untrained"
+        " (+better/−worse, exact p, Holm p) | avg pass rate [95% CI] | Δ avg pass rate [95% CI, unadjusted] | RSR"
         " | steps | buffer (solved problems) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, entry in _rows(result):
         held = entry["held_out"]
@@ -99,7 +111,8 @@ def _table(result: dict[str, Any]) -> list[str]:
         buffer = entry.get("buffer") or {}
         buf = f"{int(buffer['size'])} ({int(buffer.get('problems_solved', 0))})" if buffer else "–"
         lines.append(
-            f"| {label} | {_interval(held['pass@1'])} | {_delta(entry, 'pass@1')} | {_interval(held['avg_pass_rate'])}"
+            f"| {label} | {_interval(held['pass@1'])} | {_delta(entry, 'pass@1')} | {_test(entry, 'pass@1')}"
+            f" | {_interval(held['avg_pass_rate'])}"
             f" | {_delta(entry, 'avg_pass_rate')} | {rsr_text} | {entry.get('optimizer_steps', 0)} | {buf} |"
         )
     return lines
@@ -130,8 +143,12 @@ def write_report(folder: Path, results: dict[str, dict[str, Any]], header: list[
     lines = ["# BTP experiments", "", *header, ""]
     lines += [
         "pass@1 intervals: Wilson (one greedy answer per problem) or bootstrap over problems; Δ: paired bootstrap "
-        "over the same held-out problems; RSR = pass@1 / untrained pass@1. A sample-and-filter or other variant "
-        "with 0 optimizer steps is the untrained model.",
+        "over the same held-out problems. All intervals are per comparison, not adjusted for the many variants "
+        "of a step. The paired test is the exact McNemar test on the discordant problems (+ solved only by the "
+        "variant, − only by the untrained model; an exact sign test when a problem has several answers); its "
+        "Holm p-value is adjusted across the step's variants, and is the one to read for a difference. "
+        "RSR = pass@1 / untrained pass@1. A sample-and-filter or other variant with 0 optimizer steps is the "
+        "untrained model.",
         "",
     ]
     for result in results.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from egcfg_pl.metrics.independence import refuse_dependent_pass_k
 from egcfg_pl.models import LoraSettings, ModelSpec
 from egcfg_pl.problems import ProblemSet
 from egcfg_pl.prompts import PromptTemplate
@@ -48,7 +49,8 @@ class RunSettings:
     evaluation: GenerationSettings = field(default_factory=_greedy)
     """How held-out answers are generated (greedy: pass@1 = strict accuracy)."""
     pass_k: list[int] = field(default_factory=lambda: [1])
-    """k of the held-out pass@k (each k <= evaluation.num_return_sequences)."""
+    """k of the held-out pass@k (each k <= evaluation.num_return_sequences; k > 1 needs evaluation strategy
+    ``sample``: beam candidates are not independent draws)."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Executor for training candidates and held-out answers."""
     replay: ReplaySettings = field(default_factory=ReplaySettings)
@@ -89,6 +91,7 @@ class RunSettings:
                 f"run.pass_k {too_big} exceed the held-out candidates per problem; raise "
                 "run.evaluation.num_return_sequences (with strategy sample or beam) or drop those k"
             )
+        refuse_dependent_pass_k(self.pass_k, self.evaluation.strategy, "run.pass_k", "run.evaluation.strategy")
 
 
 @dataclass

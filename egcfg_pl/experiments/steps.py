@@ -2,7 +2,9 @@
 
 A variant is the base run with a few fields changed (``changes``, dotted paths); every variant goes
 through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
-RSR (pass@1 ratio) and paired differences with 95% intervals are taken against it.
+RSR (pass@1 ratio), paired differences with (unadjusted) 95% intervals and the paired exact test
+(McNemar for pass/fail) are taken against it; the tests' p-values are Holm-adjusted across the step's
+variants, since one step compares many variants with the same baseline.
 
 - step1_baseline: sample-and-filter (rejection-sampling fine-tuning). The same sampler and budget as BTP,
   but the buffer keeps only programs that pass every test (``replay.min_pass_rate: 1``) and draws
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egcfg_pl.experiments.spec import ExperimentSpec, RunSettings
-from egcfg_pl.experiments.stats import paired_delta, per_problem, summarize_eval
+from egcfg_pl.experiments.stats import holm, paired_delta, per_problem, summarize_eval
 from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.metrics.rsr import relative_success_rate
 
@@ -128,10 +130,23 @@ def assemble(
         entry["held_out"] = summarized(entry["held_out"], spec)
         entry["vs_untrained"] = compare(entry["held_out"], baseline["held_out"], spec.bootstrap_samples, spec.run.seed)
         entries.append(entry)
+    adjust_across_variants(entries)
     if step == "big_to_small":
         source, target = entries
         target["vs_source"] = compare(target["held_out"], source["held_out"], spec.bootstrap_samples, spec.run.seed)
     return {"step": step, "untrained": baseline, "variants": entries, "caveats": caveats(step, spec, baseline, entries)}
+
+
+def adjust_across_variants(entries: list[dict[str, Any]]) -> None:
+    """Add ``p_holm`` (and the family size) to each variant's paired test against the untrained model:
+    Holm's adjustment over the step's variants, per metric."""
+    for metric in METRICS:
+        tests = [entry["vs_untrained"]["delta"][metric].get("test") for entry in entries]
+        adjusted = holm([t["p_value"] if t else None for t in tests])
+        family = sum(t is not None for t in tests)
+        for test, p in zip(tests, adjusted):
+            if test is not None:
+                test["p_holm"], test["holm_family"] = p, family
 
 
 def caveats(step: str, spec: ExperimentSpec, baseline: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settings for resume)
 from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
+from egcfg_pl.metrics.independence import refuse_dependent_pass_k
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
 from egcfg_pl.replay.buffer import ReplaySettings
@@ -111,6 +112,8 @@ class BTPModule(L.LightningModule):
                 f"model.pass_k {too_big} exceed the {per_problem} held-out candidates per problem ({source}); "
                 f"{fix} or lower k in model.pass_k"
             )
+        if self.api is None:
+            refuse_dependent_pass_k(self.pass_k, self.generation.strategy, "model.pass_k", "model.evaluation.strategy")
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
