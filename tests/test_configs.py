@@ -1,10 +1,14 @@
-"""Every YAML in configs/ parses against the code it configures (fields, types, class paths)."""
+"""Every YAML in configs/ parses against the code it configures (fields, types, class paths), and what it
+says is what the objects it builds hold."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from egcfg_pl.lightning.cli import BTPCLI, run_lightning_cli
 
@@ -18,15 +22,74 @@ class ParseOnlyCLI(BTPCLI):
         pass
 
 
+def assert_holds(obj: Any, expected: Any, where: str) -> None:
+    """``obj`` (a built object, dataclass, list or value) carries every value ``expected`` (the YAML) names."""
+    if isinstance(expected, dict):
+        assert obj is not None, f"{where}: the YAML sets {expected} but the object is None"
+        for key, value in expected.items():
+            inner = obj[key] if isinstance(obj, dict) else getattr(obj, key)
+            assert_holds(inner, value, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert list(obj) == pytest.approx(expected) if all(isinstance(v, float | int) for v in expected) else list(obj) == expected, where
+    elif isinstance(expected, float):
+        assert obj == pytest.approx(expected), f"{where}: {obj!r} != {expected!r}"
+    else:
+        assert obj == expected, f"{where}: {obj!r} != {expected!r}"
+
+
+def module_parts(module) -> dict[str, Any]:
+    """Where the module keeps each ``model:`` section of the YAML."""
+    return {"model": module.spec, "lora": module.lora, "evaluation": module.generation, "sandbox": module.sandbox,
+            "pass_k": module.pass_k, "api": module.api, "template": module.template}
+
+
+def data_parts(data) -> dict[str, Any]:
+    return {"train": data.train_set, "held_out": data.held_out_set, "replay": data.buffer.settings}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_config_parses(config, monkeypatch):
     from egcfg_pl.lightning.datamodule import BTPDataModule
     from egcfg_pl.lightning.module import BTPModule
+    from egcfg_pl.models import LoraSettings, ModelSpec
+    from egcfg_pl.problems import ProblemSet
+    from egcfg_pl.replay import ReplaySettings
+    from egcfg_pl.sampling.settings import GenerationSettings
     from jsonargparse import set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     cli = ParseOnlyCLI(BTPModule, BTPDataModule, args=["--config", str(config)], run=False, auto_configure_optimizers=False)
-    assert cli.config["model"] is not None
+    raw = yaml.safe_load(config.read_text())
+    built = cli.parser.instantiate(cli.config)  # model, data and callbacks; the Trainer (GPU strategies) is not built
+    module, data = built["model"], built["data"]
+    assert isinstance(module, BTPModule) and isinstance(data, BTPDataModule)
+    assert isinstance(module.spec, ModelSpec) and isinstance(module.generation, GenerationSettings)
+    assert isinstance(data.held_out_set, ProblemSet) and isinstance(data.buffer.settings, ReplaySettings)
+    mode = raw["model"].get("mode", "finetune")
+    assert module.hparams.mode == mode
+    lora = raw["model"].get("lora", {})
+    if mode == "btp_only" or lora is None:  # nothing is trained (btp_only, or an evaluation config)
+        assert module.lora is None
+    else:
+        assert isinstance(module.lora, LoraSettings)
+    parts = module_parts(module)
+    for key, value in raw["model"].items():
+        where = f"{config.name}: model.{key}"
+        if key == "lora" and mode == "btp_only":
+            continue  # nothing is trained in btp_only: the module drops the adapter settings
+        assert_holds(parts[key] if key in parts else module.hparams[key], value, where)
+    parts = data_parts(data)
+    for key, value in raw.get("data", {}).items():
+        assert_holds(parts[key] if key in parts else data.hparams[key], value, f"{config.name}: data.{key}")
+    callbacks = built["trainer"].get("callbacks") or []
+    for spec in raw.get("trainer", {}).get("callbacks") or []:
+        if not spec["class_path"].startswith("egcfg_pl."):
+            continue  # Lightning's own callbacks: Lightning tests them
+        name = spec["class_path"].rsplit(".", 1)[1]
+        matches = [cb for cb in callbacks if type(cb).__name__ == name]
+        assert len(matches) == 1, f"{config.name}: callback {name} was not built"
+        assert_holds(matches[0], spec.get("init_args", {}), f"{config.name}: {name}")
+    assert cli.config["seed_everything"] == raw.get("seed_everything", cli.config["seed_everything"])
 
 
 @pytest.mark.parametrize("config", CPU_CONFIGS, ids=[c.name for c in CPU_CONFIGS])
