@@ -1,4 +1,5 @@
-"""DDP on CPU: every rank samples its shard, all ranks end with the identical buffer, training completes."""
+"""DDP on CPU: every rank samples its shard, all ranks end with the identical buffer, each rank trains on its
+own slice of every replay draw, training completes."""
 
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ def test_ddp_two_cpu_ranks_share_one_buffer(tmp_path, tiny_model_dir):
     problems = {e["candidate"]["problem_id"] for e in r0["experiences"]}
     assert len(problems) == 6  # the two shards together cover every training problem
     assert r0["global_step"] > 0 and r0["global_step"] == r1["global_step"]
-    assert r0["lora_sum"] == r1["lora_sum"]  # DDP kept the replicas in sync
+    assert r0["lora_sum"] == r1["lora_sum"]  # DDP kept the replicas in sync (all-reduce guarantees this much)
+    # each step draws one batch per rank from the shared buffer, and each rank trains on its own slice of it
+    b = r0["batch_size"]
+    assert r0["draws"] == r1["draws"] and len(r0["draws"]) == r0["global_step"]  # same buffer, same RNG
+    assert all(len(draw) == 2 * b for draw in r0["draws"])
+    assert r0["trained"] == [draw[:b] for draw in r0["draws"]]
+    assert r1["trained"] == [draw[b:] for draw in r1["draws"]]
+    assert r0["batches_trained"] == r1["batches_trained"] == len(r0["trained"])  # every yielded batch was a step
+    assert r0["trained"] != r1["trained"]  # so the ranks saw different data, not one batch twice
     # 3 held-out problems on 2 ranks: the sampler's padding repeat of problem 0 on rank 1 is counted once
     assert r0["val"]["num_problems"] == 3 and r1["val"]["num_problems"] == 3
     report = json.loads(Path(r0["val"]["path"]).read_text())
