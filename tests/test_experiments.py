@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from egcfg_pl.experiments.runner import main, parse_spec
@@ -14,6 +15,8 @@ from egcfg_pl.experiments.run import build_data
 from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid, RunSettings
 from egcfg_pl.experiments.stats import bootstrap_ci, paired_delta, wilson_interval
 from egcfg_pl.experiments.steps import Variant, apply_changes, variant_settings
+from egcfg_pl.replay import sampling_probabilities
+from egcfg_pl.replay.experience import experience_from_dict
 
 from btp_helpers import SHARED_MBPP
 
@@ -94,6 +97,10 @@ def test_every_step_writes_json_report_and_plots(campaign):
     for step in STEPS:
         assert f"({step}_metrics.png)" in report and (folder / f"{step}_metrics.png").stat().st_size > 1000
     assert (folder / "step2_btp_p2value.png").is_file()
+    assert "unadjusted" in report and "McNemar" in report and "Holm" in report
+    ablation = load(folder, "step3_ablation")["variants"]
+    tests = [v["vs_untrained"]["delta"]["pass@1"]["test"] for v in ablation]
+    assert all(t["holm_family"] == len(ablation) and t["p_holm"] >= t["p_value"] for t in tests)
     saved, _, _ = parse_spec(["--config", str(folder / "config.yaml")])  # the resolved spec reruns as is
     assert saved.run == parse_spec(["--config", str(campaign[1])])[0].run
 
@@ -116,6 +123,12 @@ def test_ablation_has_one_evaluated_fine_tuned_variant_per_strategy(campaign):
     assert power["key"] == step2["key"]  # the same settings ran once
 
 
+def _experiences(entry: dict) -> dict[tuple[str, str], dict]:
+    """The variant's refreshed experiences keyed by (problem id, program)."""
+    lines = Path(entry["experiences"]).read_text().splitlines()
+    return {(e["candidate"]["problem_id"], e["candidate"]["program"]): e for e in map(json.loads, lines)}
+
+
 def test_steps_share_the_initial_samples_but_replay_differently(campaign):
     folder, _ = campaign
     grid = load(folder, "step4_hyperparams")["variants"]
@@ -125,6 +138,25 @@ def test_steps_share_the_initial_samples_but_replay_differently(campaign):
     # same candidates, different P2Value: α = 0 keeps only the pass rate (0 for a random model)
     assert alpha0["buffer"]["mean_p2value"] == pytest.approx(alpha0["buffer"]["mean_pass_rate"])
     assert alpha1["buffer"]["mean_p2value"] == pytest.approx(alpha1["buffer"]["mean_possibility"])
+    # shared: the very same candidates, texts and verdicts in both variants ...
+    exp0, exp1 = _experiences(alpha0), _experiences(alpha1)
+    assert exp0.keys() == exp1.keys() and len(exp0) > 1
+    keys = sorted(exp0)
+    assert all(exp0[k]["candidate"] == exp1[k]["candidate"] and exp0[k]["verdict"] == exp1[k]["verdict"] for k in keys)
+    # ... replayed differently: each variant's own replay settings give another draw distribution over them
+    probs = []
+    for entry, exps in ((alpha0, exp0), (alpha1, exp1)):
+        replay = entry["replay"]
+        items = [experience_from_dict(exps[k]) for k in keys]
+        probs.append(sampling_probabilities(
+            [e.p2value for e in items], [e.pass_rate for e in items], [e.possibility for e in items],
+            strategy=replay["strategy"], alpha=replay["sampling_alpha"],
+        ))
+    assert [exp0[k]["p2value"] for k in keys] != [exp1[k]["p2value"] for k in keys]
+    assert np.abs(probs[0] - probs[1]).max() > 0.01
+    # and both were trained from those draws: their own adapters and held-out evaluations
+    assert alpha0["trained"] and alpha1["trained"] and alpha0["adapter"] != alpha1["adapter"]
+    assert alpha0["held_out"]["eval_json"] != alpha1["held_out"]["eval_json"]
 
 
 def test_sample_and_filter_with_nothing_passing_is_the_untrained_model(campaign):
@@ -132,11 +164,16 @@ def test_sample_and_filter_with_nothing_passing_is_the_untrained_model(campaign)
     result = load(folder, "step1_baseline")
     entry = result["variants"][0]
     assert entry["replay"]["min_pass_rate"] == 1.0 and entry["replay"]["strategy"] == "uniform"
-    if entry["buffer"]["size"] == 0:  # a random model passes nothing: recorded, not trained
-        assert not entry["trained"] and entry["optimizer_steps"] == 0 and "no sampled program" in entry["note"]
-        assert entry["evaluated_as"].startswith("untrained")
-        assert entry["held_out"]["eval_json"] == result["untrained"]["held_out"]["eval_json"]
-        assert any("no sampled program" in c for c in result["caveats"])
+    # a random 3 M-parameter model writing 12 tokens passes no MBPP test: candidates were sampled and tested,
+    # and the filter kept none of them
+    assert entry["refresh"]["refresh/candidates"] > 0 and entry["buffer"]["size"] == 0
+    assert not entry["trained"] and entry["optimizer_steps"] == 0 and "no sampled program" in entry["note"]
+    assert entry["adapter"] is None
+    assert entry["evaluated_as"].startswith("untrained")
+    assert entry["held_out"]["eval_json"] == result["untrained"]["held_out"]["eval_json"]
+    assert entry["vs_untrained"]["delta"]["pass@1"]["mean"] == 0.0
+    assert entry["vs_untrained"]["delta"]["pass@1"]["test"]["p_value"] == 1.0  # no discordant problem
+    assert any("no sampled program" in c for c in result["caveats"])
 
 
 def test_big_to_small_candidates_come_from_the_source(campaign, tiny_source_dir):
