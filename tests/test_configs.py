@@ -30,7 +30,8 @@ def assert_holds(obj: Any, expected: Any, where: str) -> None:
             inner = obj[key] if isinstance(obj, dict) else getattr(obj, key)
             assert_holds(inner, value, f"{where}.{key}")
     elif isinstance(expected, list):
-        assert list(obj) == pytest.approx(expected) if all(isinstance(v, float | int) for v in expected) else list(obj) == expected, where
+        numbers = all(isinstance(v, float | int) for v in expected)
+        assert list(obj) == (pytest.approx(expected) if numbers else expected), f"{where}: {obj!r} != {expected!r}"
     elif isinstance(expected, float):
         assert obj == pytest.approx(expected), f"{where}: {obj!r} != {expected!r}"
     else:

@@ -197,9 +197,11 @@ def test_overlap_reads_sanitized_mbpp_task_numbers_as_mbpp_ones():
     held = [
         # same task number, rewritten statement and asserts: the id alone says it is the same problem
         _mbpp_like("mbpp_sanitized/11", "Write a python function to remove first and last occurrence of a given "
-                   "character from the string.", 'assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"'),
+                   "character from the string.",
+                   'assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"'),
         # renumbered and reworded, but the same asserts (respaced, other quotes, other order)
-        _mbpp_like("custom/1", "How many vowels does a string have?", 'assert count_vowels("")==0', 'assert count_vowels( "abc" )==1'),
+        _mbpp_like("custom/1", "How many vowels does a string have?",
+                   'assert count_vowels("")==0', 'assert count_vowels( "abc" )==1'),
         # shares nothing
         _mbpp_like("mbpp_sanitized/13", "Find the most common words.", "assert count_common(['a']) == [('a', 1)]"),
     ]
@@ -216,8 +218,10 @@ def test_overlap_ignores_asserts_that_call_nothing():
 
 def test_overlap_returns_every_training_copy_of_a_held_out_problem():
     held = [_mbpp_like("mbpp_sanitized/20", "Check a woodball number.", "assert is_woodall(383) == True")]
-    train = [_mbpp_like("mbpp/20", "Write a function to check if the given number is woodball or not.", "assert is_woodall(7) == True"),
-             _mbpp_like("custom/9", "Woodall numbers", "assert is_woodall(383)==True")]
+    train = [
+        _mbpp_like("mbpp/20", "Write a function to check if the given number is woodball or not.", "assert is_woodall(7) == True"),
+        _mbpp_like("custom/9", "Woodall numbers", "assert is_woodall(383)==True"),
+    ]
     assert check_overlap(train, held, allow=True) == [("mbpp/20", "mbpp_sanitized/20"), ("custom/9", "mbpp_sanitized/20")]
 
 
@@ -230,7 +234,9 @@ def test_overlap_finds_every_sanitized_mbpp_test_problem_in_mbpp_test(data):
     assert {q for _, q in pairs} == {p.id for p in sanitized}  # all 257, not only the unchanged statements
     for p in sanitized:
         assert (p.id.replace("mbpp_sanitized/", "mbpp/"), p.id) in pairs
-    reworded = [p for p in sanitized if p.statement != next(f for f in full if f.id.endswith(f"/{p.id.split('/')[1]}")).statement]
+    by_number = {p.id.split("/")[1]: p for p in full}
+    reworded = [p for p in sanitized if p.statement != by_number[p.id.split("/")[1]].statement]
     assert len(reworded) > 50  # the case the statement check missed is common in the real data
     # the other direction (sanitized train, full test) is caught as well
-    assert {q for _, q in check_overlap(sanitized, full, allow=True)} >= {p.id.replace("mbpp_sanitized/", "mbpp/") for p in sanitized}
+    found = {q for _, q in check_overlap(sanitized, full, allow=True)}
+    assert found >= {p.id.replace("mbpp_sanitized/", "mbpp/") for p in sanitized}
