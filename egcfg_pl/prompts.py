@@ -141,15 +141,18 @@ def completion_text(problem: Problem, template: PromptTemplate) -> str:
     return f'"""\n{header}\n"""\n' + (_with_newline(problem.prompt) if problem.prompt.strip() else "")
 
 
-def format_response(program: str, template: PromptTemplate | None = None, problem: Problem | None = None) -> str:
+def format_response(
+    program: str, template: PromptTemplate | None = None, problem: Problem | None = None, finished: bool = True
+) -> str:
     """What the model should emit for ``program`` (the training target before eos).
 
     chat: the program in one fenced block; completion: the continuation of ``completion_text``
-    (for HumanEval-like problems the program minus the prompt it starts with).
+    (for HumanEval-like problems the program minus the prompt it starts with). ``finished=False`` (a program
+    cut off by the token budget) leaves the closing fence out: a cut-off program must not be taught to end.
     """
     template = template or PromptTemplate()
     if template.style == "chat":
-        fenced = f"```python\n{program}\n```"
+        fenced = f"```python\n{program}" + ("\n```" if finished else "")
         return fenced.removeprefix(template.response_prefix)  # the prompt already ends with the prefix
     if problem is not None:
         prefix = completion_text(problem, template).lstrip("\n")  # extraction drops leading blank lines

@@ -79,7 +79,9 @@ class BTPDataModule(L.LightningDataModule):
             batch_size: experiences per optimizer micro-batch on each device.
             samples_per_epoch: experiences drawn per epoch over all devices (sets the steps per epoch).
             eval_batch_size: held-out problems generated together.
-            max_length: token limit of prompt + program in training.
+            max_length: token limit of prompt + program in training. Prompts are never cut: an experience whose
+                prompt leaves no room for the program is not drawn (counted as ``buffer/skipped_long_prompt``);
+                a program longer than the room left loses its tail (and EOS).
             allow_overlap: train even when train and held-out problems overlap (same id or same text).
             drop_overlapping_train: remove the overlapping problems from the training set instead (MBPP repeats
                 3 statements between its train and test splits).
@@ -120,6 +122,7 @@ class BTPDataModule(L.LightningDataModule):
         if module.hparams.mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
             return DataLoader(stream, batch_size=None, collate_fn=keep_as_is)
         collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
+        self.buffer.prompt_fits = collate.fits  # draws skip experiences whose prompt alone fills max_length
         return DataLoader(stream, batch_size=None, collate_fn=collate)
 
     def _problem_loader(self) -> DataLoader:
