@@ -90,7 +90,8 @@ def test_collator_truncates_long_programs_keeping_labels_aligned(smol_tokenizer)
     batch = collate([long])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     prompt = encode_prompt(smol_tokenizer, build_prompt(PROBLEMS[1], smol_tokenizer, template))
-    program = smol_tokenizer(format_response(long.program, template, PROBLEMS[1]), add_special_tokens=False)["input_ids"]
+    response = format_response(long.program, template, PROBLEMS[1])
+    program = smol_tokenizer(response, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(labels) == 128 and len(prompt) < 128
     assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)  # prompt whole
     assert ids[len(prompt) :] == program[: 128 - len(prompt)]  # the program's head, in order

@@ -99,7 +99,8 @@ def test_local_sampler_marks_generations_that_ran_out_of_budget(tiny):
     model, tok = tiny
     (cut,) = HFSampler(model, tok, greedy(), name="tiny").sample([PROBLEM])
     assert cut.truncated and cut.num_tokens == 6  # a random model says no EOS within 6 tokens
-    beams = HFSampler(model, tok, greedy(strategy="beam", num_beams=2, num_return_sequences=2), name="t").sample([PROBLEM])
+    beam = greedy(strategy="beam", num_beams=2, num_return_sequences=2)
+    beams = HFSampler(model, tok, beam, name="tiny").sample([PROBLEM])
     assert [c.truncated for c in beams] == [True, True]
 
 
