@@ -3,11 +3,14 @@ without an ending), counted in the buffer statistics; the API possibility covers
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from benchmarks.eval_summary import summarise
+from egcfg_pl.metrics.report import EvalReport, evaluate_candidates
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.replay import ReplayBuffer, ReplaySettings
@@ -165,3 +168,45 @@ def test_api_possibility_is_marked_whole_reply_when_tokens_do_not_spell_the_text
     assert c.logprob_scope == "reply" and c.num_tokens == len(REPLY)
     assert c.logprob == pytest.approx(sum(lp for _, lp in REPLY))
     assert np.isclose(c.possibility(), math.exp(c.logprob / len(REPLY)))
+
+
+# --- the evaluation JSON and its committed summary -----------------------------------------------------
+
+
+class PassIfReturnsOne:
+    """A stand-in executor: a program passes when it ends in ``return 1``."""
+
+    def run_many(self, jobs):
+        return [Verdict(p.id, (TestResult(Status.PASSED if prog.endswith("return 1") else Status.FAILED),))
+                for p, prog in jobs]
+
+
+def test_eval_json_and_summary_record_program_passed_and_truncated_per_problem(tmp_path):
+    problems = [PROBLEM, Problem("toy/1", "custom", "test", "Return one.", PROBLEM.tests, entry_point="answer")]
+    candidates = [
+        Candidate("toy/0", "def answer():\n    return 1", "raw 0", -1.0, 5),
+        Candidate("toy/1", "def answer():\n    return [1,", "raw 1", -2.0, 6, truncated=True),
+    ]
+    report = evaluate_candidates(problems, candidates, PassIfReturnsOne(), ks=(1,))
+    path = report.to_json(tmp_path / "eval.json")
+    assert report.truncated_candidates == 1 and [p.truncated for p in report.problems] == [0, 1]
+    again = EvalReport.from_json(path)
+    assert [(c.truncated, c.text) for p in again.problems for c in p.candidates] == [(False, "raw 0"), (True, "raw 1")]
+    summary = summarise(path, "cmd")
+    assert summary["truncated_candidates"] == 1
+    rows = {row[0]: dict(zip(summary["problems_columns"], row)) for row in summary["problems"]}
+    (first,) = rows["toy/0"]["candidates"]
+    (second,) = rows["toy/1"]["candidates"]
+    assert first == ["def answer():\n    return 1", True, False, "raw 0"]
+    assert second == ["def answer():\n    return [1,", False, True, "raw 1"]
+
+
+def test_eval_json_written_before_the_fields_still_reads(tmp_path):
+    report = evaluate_candidates([PROBLEM], [Candidate("toy/0", "return 1", "t", -1.0, 3)], PassIfReturnsOne(), ks=(1,))
+    data = report.to_dict()
+    del data["truncated_candidates"], data["problems"][0]["truncated"]
+    for key in ("truncated", "text", "logprob_scope"):
+        del data["problems"][0]["candidates"][0][key]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert EvalReport.from_json(tmp_path / "old.json").problems[0].candidates[0].truncated is False
+    assert summarise(tmp_path / "old.json", "")["problems"][0][5] == [["return 1", True, False, ""]]
