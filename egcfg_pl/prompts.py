@@ -1,8 +1,10 @@
 """Prompt templates, the response format the model is trained to emit, and program extraction.
 
-The trainer fine-tunes on ``prompt + format_response(program) + eos``, and sampling turns the
-generated text back into a program with ``extract_program``; the two are inverses
-(``extract_program(format_response(p)) == p`` for an extracted program ``p``).
+The trainer fine-tunes on ``prompt + format_response(program) + eos`` (a program cut off by the token budget
+gets neither the closing fence nor eos), and sampling turns the generated text back into a program with
+``extract_program``; the two are inverses (``extract_program(format_response(p)) == p`` for an extracted
+program ``p``). Extraction drops only prose around the code, never a line of code, so a broken program is
+scored as written (as the official HumanEval harness scores prompt + completion).
 
 Two styles:
 

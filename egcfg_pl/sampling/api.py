@@ -2,7 +2,9 @@
 
 The BTP source model can be a strong API model (big-to-small: GPT-4 samples teach a small local target,
 paper §4). Each problem gets ``n`` sampled programs; their possibility P(t) = Π p(token) comes from the
-token log-probs the server returns (``Candidate.logprob`` = Σ log p, ``num_tokens`` = their count). A
+token log-probs the server returns (``Candidate.logprob`` = Σ log p, ``num_tokens`` = their count), over the
+program's tokens only where the returned tokens spell the reply (else the whole reply, prose and fences
+included; ``Candidate.logprob_scope`` says which). ``finish_reason == "length"`` marks a candidate truncated. A
 server that returns no log-probs gives ``logprob=None``: the possibility is unknown, P2Value falls back to
 the pass rate, ``unknown_possibility`` counts such candidates and a warning is logged once.
 
@@ -246,7 +248,7 @@ class ApiSamplingStats:
 
     problems: int = 0
     candidates: int = 0
-    generated_tokens: int = 0  # tokens with a returned log-prob (unknown-possibility candidates count 0)
+    generated_tokens: int = 0  # tokens the candidates' log-probs cover (Candidate.num_tokens; unknown count 0)
     seconds: float = 0.0
     requests: int = 0  # sent, retries included
     cache_hits: int = 0
