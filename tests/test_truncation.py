@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks.eval_summary import summarise
+from egcfg_pl.lightning.datamodule import ReplayStream
 from egcfg_pl.metrics.report import EvalReport, evaluate_candidates
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem, TestCase
@@ -73,6 +74,15 @@ def test_bad_truncated_setting_and_an_undrawable_buffer_say_what_to_change():
     buffer.add([experience(0, True, truncated=True)])
     with pytest.raises(ValueError, match="max_new_tokens or set it to no_eos"):
         buffer.sample(4)
+
+
+def test_an_epoch_with_nothing_trainable_has_no_steps_and_says_why(caplog):
+    buffer = ReplayBuffer(ReplaySettings())
+    buffer.add([experience(0, True, truncated=True), experience(1, False, truncated=True)])
+    assert list(ReplayStream(buffer, steps=3, batch_size=2)) == []
+    assert "none of the 2 replay experiences can be trained on (2 truncated" in caplog.text
+    buffer.add([experience(2, False, truncated=False)])
+    assert [len(b) for b in ReplayStream(buffer, steps=3, batch_size=2)] == [2, 2, 2]  # full batches of toy/2
 
 
 def test_truncated_survives_the_experience_file_and_old_files_read_as_finished():

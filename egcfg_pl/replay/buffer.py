@@ -158,6 +158,10 @@ class ReplayBuffer:
             return "long_prompt"
         return None
 
+    def drawable(self) -> int:
+        """How many entries the draws can pick (the rest is ``excluded``)."""
+        return sum(self.excluded(e) is None for e in self._items.values())
+
     def probabilities(self) -> np.ndarray:
         """The draw probability of each entry of ``experiences`` (0 for excluded ones); sums to 1."""
         items = self.experiences
