@@ -1,8 +1,10 @@
 """Prompt templates, the response format the model is trained to emit, and program extraction.
 
-The trainer fine-tunes on ``prompt + format_response(program) + eos``, and sampling turns the
-generated text back into a program with ``extract_program``; the two are inverses
-(``extract_program(format_response(p)) == p`` for an extracted program ``p``).
+The trainer fine-tunes on ``prompt + format_response(program) + eos`` (a program cut off by the token budget
+gets neither the closing fence nor eos), and sampling turns the generated text back into a program with
+``extract_program``; the two are inverses (``extract_program(format_response(p)) == p`` for an extracted
+program ``p``). Extraction drops only prose around the code, never a line of code, so a broken program is
+scored as written (as the official HumanEval harness scores prompt + completion).
 
 Two styles:
 
@@ -18,6 +20,7 @@ Two styles:
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 import warnings
 from dataclasses import dataclass
@@ -140,15 +143,18 @@ def completion_text(problem: Problem, template: PromptTemplate) -> str:
     return f'"""\n{header}\n"""\n' + (_with_newline(problem.prompt) if problem.prompt.strip() else "")
 
 
-def format_response(program: str, template: PromptTemplate | None = None, problem: Problem | None = None) -> str:
+def format_response(
+    program: str, template: PromptTemplate | None = None, problem: Problem | None = None, finished: bool = True
+) -> str:
     """What the model should emit for ``program`` (the training target before eos).
 
     chat: the program in one fenced block; completion: the continuation of ``completion_text``
-    (for HumanEval-like problems the program minus the prompt it starts with).
+    (for HumanEval-like problems the program minus the prompt it starts with). ``finished=False`` (a program
+    cut off by the token budget) leaves the closing fence out: a cut-off program must not be taught to end.
     """
     template = template or PromptTemplate()
     if template.style == "chat":
-        fenced = f"```python\n{program}\n```"
+        fenced = f"```python\n{program}" + ("\n```" if finished else "")
         return fenced.removeprefix(template.response_prefix)  # the prompt already ends with the prefix
     if problem is not None:
         prefix = completion_text(problem, template).lstrip("\n")  # extraction drops leading blank lines
@@ -172,22 +178,23 @@ def extract_program(text: str, problem: Problem, template: PromptTemplate | None
 
     1. The first ```` ```python ```` (or untagged) fenced block; with several, the first that
        defines the entry point. An unclosed final fence counts (generation stops before closing it).
-    2. Without a fence: the text minus leading / trailing prose lines that are not Python.
+    2. Without a fence: the text minus leading / trailing *prose* lines (``_is_prose``: lines that
+       cannot be Python, like "Here is the code:"). A line of code is never dropped, even when the
+       program then fails to compile: it is scored as written.
     3. For problems whose prompt defines the entry point (HumanEval): an indented body gets the
        prompt prepended; a full function gets the prompt's imports and helpers it lacks.
+       Completion-style templates follow the official HumanEval protocol instead: the program is
+       prompt + continuation verbatim, after the stop-string cut (nothing dropped, nothing repaired).
     4. Call-based problems lose a top-level ``if __name__ == "__main__":`` block (it would read
        stdin or print under the test harness); stdin problems keep it.
 
     Returns "" for empty output; trailing whitespace is removed.
     """
-    if template is not None and template.style == "chat":
-        text = template.response_prefix + text  # the prompt opened the block that ``text`` continues
-    blocks = fenced_blocks(text)
-    if blocks:
-        code = next((b for b in blocks if problem.entry_point and _defines(b, problem.entry_point)), blocks[0])
-    else:
-        code = _strip_prose(text, problem)
-    code = _normalise(code)
+    source, start, end = _program_region(text, problem, template)
+    if _verbatim_continuation(problem, template):
+        continuation = source[start:end].rstrip()
+        return _prompt_head(problem) + continuation if continuation.strip() else ""
+    code = _normalise(source[start:end])
     if not code:
         return ""
     if continues_prompt(problem):
@@ -197,25 +204,74 @@ def extract_program(text: str, problem: Problem, template: PromptTemplate | None
     return code
 
 
+def program_span(text: str, problem: Problem, template: PromptTemplate | None = None) -> tuple[int, int]:
+    """``(start, end)``: the characters of ``text`` (a model's output) that ``extract_program`` takes the program
+    from (the chosen fenced block's contents, or the text minus prose lines). The API sampler sums the log-probs
+    of the tokens inside it only, so prose and fences around the code do not enter the possibility."""
+    source, start, end = _program_region(text, problem, template)
+    shift = len(source) - len(text)  # the chat prefix put in front of ``text``
+    return max(start - shift, 0), max(end - shift, 0)
+
+
+def _verbatim_continuation(problem: Problem, template: PromptTemplate | None) -> bool:
+    """Completion-style continuation of a HumanEval-like prompt: scored as prompt + completion, as written."""
+    return template is not None and template.style == "completion" and continues_prompt(problem)
+
+
+def _program_region(text: str, problem: Problem, template: PromptTemplate | None) -> tuple[str, int, int]:
+    """``(source, start, end)``: the program is ``source[start:end]`` before normalisation, where ``source`` is
+    ``text`` with the chat template's response prefix in front when the prompt opened the block ``text``
+    continues (not when ``text`` opens its own fence: a model that repeats the opening fence)."""
+    if template is not None and template.style == "chat" and not _opens_fence(text):
+        text = template.response_prefix + text
+    if _verbatim_continuation(problem, template):
+        return text, 0, _first_stop(text, FUNCTION_STOPS)
+    spans = _fenced_spans(text)
+    if spans:
+        blocks = [text[a:b] for a, b in spans]
+        defining = [i for i, b in enumerate(blocks) if problem.entry_point and _defines(b, problem.entry_point)]
+        non_empty = [i for i, b in enumerate(blocks) if b.strip()]
+        return (text, *spans[(defining or non_empty or [0])[0]])
+    return (text, *_prose_free_span(text, problem))
+
+
+def _opens_fence(text: str) -> bool:
+    """True when the first non-blank line of ``text`` is a fence (```` ```python ````)."""
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    return first.strip().startswith("```")
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Index of the first stop string in ``text`` (``len(text)`` when none): the sampler's cut, repeated."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+
+
 def fenced_blocks(text: str) -> list[str]:
     """Contents of the Python (or untagged) fenced blocks in ``text``; an unclosed last block included."""
-    blocks: list[str] = []
-    current: list[str] | None = None
-    tag = ""
+    return [text[a:b] for a, b in _fenced_spans(text)]
+
+
+def _fenced_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each Python (or untagged) fenced block's contents in ``text``.
+
+    A fence line with a language tag inside an open block closes it and opens a new one: models that
+    repeat the opening fence (or open a second block without closing the first) write exactly that.
+    """
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    tag, pos = "", 0
     for line in text.split("\n"):
-        fence = line.strip().startswith("```")
-        if current is None:
-            if fence:
-                current, tag = [], line.strip()[3:].strip().lower()
-        elif fence:
-            if tag in _PY_FENCE_TAGS:
-                blocks.append("\n".join(current))
-            current = None
-        else:
-            current.append(line)
-    if current is not None and tag in _PY_FENCE_TAGS:
-        blocks.append("\n".join(current))
-    return blocks
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            new_tag = stripped[3:].strip().lower()
+            if start is not None and tag in _PY_FENCE_TAGS:
+                spans.append((start, max(pos - 1, start)))  # up to the newline before this fence
+            reopen = start is not None and bool(new_tag)
+            start, tag = (pos + len(line) + 1, new_tag) if start is None or reopen else (None, "")
+        pos += len(line) + 1
+    if start is not None and tag in _PY_FENCE_TAGS:
+        spans.append((min(start, len(text)), len(text)))
+    return spans
 
 
 def _normalise(code: str) -> str:
@@ -228,16 +284,43 @@ def _normalise(code: str) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _strip_prose(text: str, problem: Problem, max_scan: int = 20) -> str:
-    """Drop up to ``max_scan`` leading and trailing lines until the rest parses as Python."""
-    lines = text.strip("\n").split("\n")
-    n = len(lines)
-    for start in range(min(n, max_scan)):
-        for end in range(n, max(start, n - max_scan), -1):
-            chunk = "\n".join(lines[start:end])
-            if chunk.strip() and _parses(chunk, problem):
-                return chunk
-    return text
+_STRING = re.compile(r"""[rRbBfFuU]{0,2}("([^"\\\n]|\\.)*"|'([^'\\\n]|\\.)*')""")
+_WORD_OR_SYMBOL = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
+_SENTENCE = re.compile(r"[^\W\d][\w ,'-]*[.!?]")  # words only, then a sentence end: "That is all."
+_CODE_WORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+
+
+def _is_prose(line: str) -> bool:
+    """True for a line that cannot be Python: two plain words side by side ("Here is the code"), a lone
+    ``Word:`` label, words alone ending a sentence ("That is all."), or markdown emphasis / backticks.
+    Indented lines and comments are never prose."""
+    if not line.strip() or line[:1].isspace():
+        return False
+    bare = _STRING.sub('""', line).split("#", 1)[0].strip()
+    if bare.startswith(("**", "`")) or _SENTENCE.fullmatch(bare):
+        return True
+    tokens = _WORD_OR_SYMBOL.findall(bare)
+    words = [t[:1].isalpha() or t[:1] == "_" for t in tokens]
+    if len(tokens) == 2 and words[0] and tokens[1] == ":" and tokens[0] not in _CODE_WORDS:
+        return True
+    return any(
+        words[i] and words[i + 1] and tokens[i] not in _CODE_WORDS and tokens[i + 1] not in _CODE_WORDS
+        for i in range(len(tokens) - 1)
+    )
+
+
+def _prose_free_span(text: str, problem: Problem) -> tuple[int, int]:
+    """``text`` without its leading and trailing prose (and blank) lines; all of it when it parses as it is."""
+    if _parses(text.strip("\n"), problem):
+        return 0, len(text)
+    lines = text.split("\n")
+    first, last = 0, len(lines)
+    while first < last and (not lines[first].strip() or _is_prose(lines[first])):
+        first += 1
+    while last > first and (not lines[last - 1].strip() or _is_prose(lines[last - 1])):
+        last -= 1
+    start = sum(len(line) + 1 for line in lines[:first])
+    return start, start + len("\n".join(lines[first:last]))
 
 
 def _parses(code: str, problem: Problem) -> bool:
@@ -247,16 +330,11 @@ def _parses(code: str, problem: Problem) -> bool:
 
 
 def _complete_with_prompt(code: str, problem: Problem) -> str:
-    """Prepend the prompt to a body, or the prompt's missing imports / helpers to a full function."""
+    """Prepend the prompt to a body, or the prompt's missing imports / helpers to a full function.
+
+    A body is joined to the prompt as written (no indentation repair), as the official harness joins them."""
     if not _defines(code, problem.entry_point):
-        if not code[:1].isspace():
-            return code  # neither a body nor the function: leave it for the tests to judge
-        full = _prompt_head(problem) + code
-        if not _compiles(full):  # a body indented with tabs under a space-indented docstring
-            expanded = "\n".join(_expand_leading_tabs(line) for line in code.split("\n"))
-            if _compiles(_prompt_head(problem) + expanded):
-                full = _prompt_head(problem) + expanded
-        return full
+        return _prompt_head(problem) + code if code[:1].isspace() else code  # else: for the tests to judge
     missing = _missing_prompt_parts(code, problem)
     return "\n".join(missing) + "\n\n\n" + code if missing else code
 
@@ -326,11 +404,6 @@ def _compiles(code: str) -> bool:
         return True
     except (SyntaxError, ValueError):
         return False
-
-
-def _expand_leading_tabs(line: str) -> str:
-    stripped = line.lstrip(" \t")
-    return line[: len(line) - len(stripped)].replace("\t", "    ") + stripped
 
 
 def _prompt_head(problem: Problem) -> str:

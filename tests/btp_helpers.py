@@ -33,7 +33,7 @@ def tiny_datamodule(train: int = 4, held_out: int = 2, seed: int = 0) -> BTPData
     return BTPDataModule(
         held_out=ProblemSet(dataset="mbpp", split="test", path=str(SHARED_MBPP), limit=held_out),
         train=ProblemSet(dataset="mbpp", split="train", path=str(SHARED_MBPP), limit=train),
-        replay=ReplaySettings(seed=seed),
+        replay=ReplaySettings(seed=seed, truncated="no_eos"),  # a random tiny model never ends within 12 tokens
         batch_size=2,
         samples_per_epoch=4,
         max_length=256,

@@ -41,6 +41,7 @@ def tiny_spec(root: Path, target: Path, source: Path) -> dict:
             "sampling": {"strategy": "beam", "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 12, "progress": False},
             "evaluation": {"strategy": "greedy", "num_beams": 1, "num_return_sequences": 1, "max_new_tokens": 12, "progress": False},
             "sandbox": sandbox,
+            "replay": {"truncated": "no_eos"},  # a random tiny model never ends within 12 tokens
             "max_epochs": 1,
             "samples_per_epoch": 4,
             "batch_size": 2,

@@ -79,13 +79,63 @@ def test_collator_prompt_ids_match_the_samplers(bos_tokenizer, style):
 
 
 def test_collator_truncates_long_programs_keeping_labels_aligned(smol_tokenizer):
-    collate = ReplayCollator(smol_tokenizer, PromptTemplate(), {p.id: p for p in PROBLEMS}, max_length=48)
+    """A long program loses its tail only: the prompt stays whole, every label is the input token at its own
+    position (HF shifts inside the model), and the cut program gets no EOS. A label sequence shifted by one
+    position, or a cut prompt, fails here."""
+    template = PromptTemplate()
+    collate = ReplayCollator(smol_tokenizer, template, {p.id: p for p in PROBLEMS}, max_length=128)
     long = Experience.build(
         Candidate("mbpp/1", "x = 1\n" * 200, "", -5.0, 600), Verdict("mbpp/1", (TestResult(Status.FAILED),)), 0.5
     )
     batch = collate([long])
-    assert batch["input_ids"].shape[1] == 48
-    assert (batch["labels"] != IGNORE_INDEX).any()
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    prompt = encode_prompt(smol_tokenizer, build_prompt(PROBLEMS[1], smol_tokenizer, template))
+    response = format_response(long.program, template, PROBLEMS[1])
+    program = smol_tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(labels) == 128 and len(prompt) < 128
+    assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)  # prompt whole
+    assert ids[len(prompt) :] == program[: 128 - len(prompt)]  # the program's head, in order
+    assert labels[len(prompt) :] == ids[len(prompt) :]  # aligned: label t is input token t
+    assert smol_tokenizer.eos_token_id not in labels  # a cut program is not taught to end
+
+
+def test_collator_never_cuts_a_long_prompt(smol_tokenizer):
+    """The prompt the sampler used is kept whole; an experience whose prompt fills max_length does not fit,
+    is never drawn, and is counted in the buffer statistics (it used to lose the prompt's start)."""
+    template = PromptTemplate()
+    wordy = Problem("mbpp/long", "mbpp", "train", "Write f. " + "Consider this detail. " * 60,
+                    (TestCase("assert", code="assert f() == 1"),), entry_point="f")
+    problems = {p.id: p for p in [*PROBLEMS, wordy]}
+    collate = ReplayCollator(smol_tokenizer, template, problems, max_length=160)
+    assert len(collate.prompt_ids("mbpp/long")) >= 160 > len(collate.prompt_ids("mbpp/0"))
+    verdict = Verdict("mbpp/long", (TestResult(Status.PASSED),))
+    too_long = Experience.build(Candidate("mbpp/long", "def f():\n    return 1", "", -1.0, 9), verdict, 0.5)
+    assert not collate.fits(too_long) and collate.fits(experience(0, True))
+    with pytest.raises(ValueError, match="data.max_length"):
+        collate([too_long])
+    buffer = ReplayBuffer(ReplaySettings(seed=1))
+    buffer.add([too_long, experience(0, True), experience(1, False)])
+    buffer.prompt_fits = collate.fits
+    drawn = {e.problem_id for batch in ReplayStream(buffer, steps=20, batch_size=4) for e in batch}
+    assert drawn == {"mbpp/0", "mbpp/1"}
+    stats = buffer.stats()
+    assert stats["buffer/skipped_long_prompt"] == 1 and stats["buffer/drawable"] == 2 and stats["buffer/size"] == 3
+
+
+@pytest.mark.parametrize("style", ["chat", "completion"])
+def test_collator_never_teaches_a_truncated_program_to_end(smol_tokenizer, style):
+    template = PromptTemplate(style=style)
+    collate = ReplayCollator(smol_tokenizer, template, {p.id: p for p in PROBLEMS}, max_length=512)
+    program = "def f2():\n    return [2,"
+    verdict = Verdict("mbpp/2", (TestResult(Status.ERROR),))
+    cut = Experience.build(Candidate("mbpp/2", program, program, -3.0, 10, truncated=True), verdict, 0.5)
+    done = Experience.build(Candidate("mbpp/2", program, program, -3.0, 10), verdict, 0.5)
+    (cut_ids, cut_labels), (done_ids, done_labels) = collate.encode(cut), collate.encode(done)
+    learned = [t for t in cut_labels if t != IGNORE_INDEX]
+    assert smol_tokenizer.eos_token_id not in learned and "```" not in smol_tokenizer.decode(learned)[-4:]
+    assert smol_tokenizer.decode(learned) == format_response(program, template, PROBLEMS[2], finished=False)
+    assert done_labels[-1] == smol_tokenizer.eos_token_id and len(done_ids) > len(cut_ids)
+    assert done_ids[: len(cut_ids)] == cut_ids  # the same prompt and program, only the ending differs
 
 
 def test_replay_stream_ranks_get_disjoint_slices_of_one_draw():

@@ -11,6 +11,7 @@ from egcfg_pl.prompts import (
     build_prompt,
     extract_program,
     format_response,
+    program_span,
     stop_strings,
 )
 
@@ -131,11 +132,67 @@ def test_body_only_completion_gets_the_prompt(humaneval):
     assert extract_program(fenced, p) == head + "    return number % 1.0"
 
 
-def test_tab_indented_body_is_repaired(humaneval):
+def test_tab_indented_body_is_scored_as_written(humaneval):
+    """No indentation repair: prompt + a tab-indented body is what the official harness runs (a TabError)."""
     p = humaneval["HumanEval/2"]
-    program = extract_program("\treturn number % 1.0", p)
-    assert program == p.prompt.lstrip("\n") + "    return number % 1.0"
-    compile(program, "<t>", "exec")
+    for template in (None, CHAT, COMPLETION):
+        program = extract_program("\treturn number % 1.0", p, template)
+        assert program == p.prompt.lstrip("\n") + "\treturn number % 1.0"
+        with pytest.raises(SyntaxError):
+            compile(program, "<t>", "exec")
+
+
+def test_chat_completion_that_reopens_the_fence():
+    """The prompt ends with the opening fence; a reply that opens its own fence is still the program."""
+    text = "```python\ndef f(x):\n    return x+1"
+    assert extract_program(text, PLAIN, PromptTemplate()) == "def f(x):\n    return x+1"
+    assert extract_program("\n" + text + "\n```", PLAIN, PromptTemplate()) == "def f(x):\n    return x+1"
+    # prose inside the opened block, then a block of its own: the block that defines the entry point
+    prose_first = "Here is the code:\n```python\ndef add_one(x):\n    return x + 1\n```"
+    assert extract_program(prose_first, PLAIN, PromptTemplate()) == "def add_one(x):\n    return x + 1"
+
+
+@pytest.mark.parametrize("template", [None, CHAT, COMPLETION], ids=["none", "chat", "completion"])
+def test_a_broken_last_line_is_kept_not_deleted(template, humaneval):
+    """The issue's example: a continuation ending in `result = add(1,` is a SyntaxError, as the official
+    harness scores it (extraction used to delete lines until the code compiled, and the program passed)."""
+    p = humaneval["HumanEval/53"]
+    continuation = "    return x + y\n\n\nresult = add(1,"
+    program = extract_program(continuation, p, template)
+    assert program.endswith("result = add(1,")
+    with pytest.raises(SyntaxError):
+        compile(program, "<t>", "exec")
+
+
+def test_completion_style_humaneval_is_prompt_plus_completion_verbatim(humaneval):
+    p = humaneval["HumanEval/53"]
+    completion = "    return x + y\n\n# a comment\ndef other():\n    pass"  # cut at the stop string "\n#"
+    assert extract_program(completion, p, COMPLETION) == p.prompt.lstrip("\n") + "    return x + y"
+    fenced = "    return x + y\n```"  # no fence parsing for a continuation: the fence is part of the program
+    assert extract_program(fenced, p, COMPLETION).endswith("    return x + y\n```")
+
+
+def test_only_prose_lines_are_dropped():
+    text = "Sure! Here is the function.\ndef add_one(x):\n    return x + 1\nprint(add_one(1)\nThis adds one to x."
+    assert extract_program(text, PLAIN) == "def add_one(x):\n    return x + 1\nprint(add_one(1)"
+    labelled = "**Solution:**\nExplanation:\ndef add_one(x):\n    return x + 1  # the answer\nIt's done."
+    assert extract_program(labelled, PLAIN) == "def add_one(x):\n    return x + 1  # the answer"
+    code_only = "import numpy as np\nfrom math import pi\nx = 1 if pi else 2\nassert x is not None"
+    assert extract_program(code_only + "\nfoo(", PLAIN) == code_only + "\nfoo("  # nothing here is prose
+
+
+@pytest.mark.parametrize(
+    "text, template",
+    [
+        ("Here you go:\n```python\ndef add_one(x):\n    return x + 1\n```\nDone, enjoy.", None),
+        ("def add_one(x):\n    return x + 1\n```\nIt adds one.", CHAT),  # the prompt opened the block
+        ("```python\ndef add_one(x):\n    return x + 1\n```", CHAT),  # the reply opened it again
+        ("Sure, this is it.\ndef add_one(x):\n    return x + 1\nThat is all.", None),
+    ],
+)
+def test_program_span_is_the_code_in_the_reply(text, template):
+    start, end = program_span(text, PLAIN, template)
+    assert text[start:end] == "def add_one(x):\n    return x + 1"
 
 
 def test_full_function_gets_missing_prompt_imports(humaneval):

@@ -42,7 +42,9 @@ class ReplayStream(IterableDataset):
 
     Every rank holds an identical buffer and RNG state; each step draws ``batch_size × world_size``
     experiences and this rank keeps its own slice, so ranks see different data and stay in lock-step.
-    The draw happens lazily, after the refresh callback has filled the buffer for the epoch.
+    The draw happens lazily, after the refresh callback has filled the buffer for the epoch. When no entry can
+    be trained on (every program truncated under ``data.replay.truncated: skip``, or every prompt too long), the
+    epoch has no training steps and a warning says why; the next refresh may bring trainable programs.
     """
 
     def __init__(self, buffer: ReplayBuffer, steps: int, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -53,6 +55,15 @@ class ReplayStream(IterableDataset):
         return self.steps
 
     def __iter__(self) -> Iterator[list[Experience]]:
+        if len(self.buffer) and not self.buffer.drawable():  # identical buffers: every rank skips alike
+            stats = self.buffer.stats()
+            log.warning(
+                "no training steps this epoch: none of the %d replay experiences can be trained on (%d truncated by "
+                "the token budget, skipped under data.replay.truncated: skip; %d with prompts longer than "
+                "data.max_length)", len(self.buffer), stats["buffer/skipped_truncated"],
+                stats["buffer/skipped_long_prompt"],
+            )
+            return
         for _ in range(self.steps):
             drawn = self.buffer.sample(self.batch_size * self.world_size)
             yield drawn[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
@@ -79,7 +90,9 @@ class BTPDataModule(L.LightningDataModule):
             batch_size: experiences per optimizer micro-batch on each device.
             samples_per_epoch: experiences drawn per epoch over all devices (sets the steps per epoch).
             eval_batch_size: held-out problems generated together.
-            max_length: token limit of prompt + program in training.
+            max_length: token limit of prompt + program in training. Prompts are never cut: an experience whose
+                prompt leaves no room for the program is not drawn (counted as ``buffer/skipped_long_prompt``);
+                a program longer than the room left loses its tail (and EOS).
             allow_overlap: train even when train and held-out problems overlap (same id or same text).
             drop_overlapping_train: remove the overlapping problems from the training set instead (MBPP repeats
                 3 statements between its train and test splits).
@@ -120,6 +133,7 @@ class BTPDataModule(L.LightningDataModule):
         if module.hparams.mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
             return DataLoader(stream, batch_size=None, collate_fn=keep_as_is)
         collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
+        self.buffer.prompt_fits = collate.fits  # draws skip experiences whose prompt alone fills max_length
         return DataLoader(stream, batch_size=None, collate_fn=collate)
 
     def _problem_loader(self) -> DataLoader:

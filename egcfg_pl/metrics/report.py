@@ -36,6 +36,9 @@ class CandidateReport:
     possibility: float | None
     num_tokens: int
     rank: int
+    truncated: bool = False  # the generation ran out of its token budget (``Candidate.truncated``)
+    text: str = ""  # the raw generation the program was extracted from (to re-extract and re-score it)
+    logprob_scope: str = "reply"  # what logprob covers (``Candidate.logprob_scope``)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ProblemReport:
     mean_pass_rate: float
     exact_match: bool | None  # first candidate vs. references; None when the problem has none
     candidates: list[CandidateReport]
+    truncated: int = 0  # candidates that ran out of their token budget
 
     @classmethod
     def build(
@@ -69,6 +73,9 @@ class ProblemReport:
                 possibility=cand.possibility(possibility_form),
                 num_tokens=cand.num_tokens,
                 rank=cand.rank,
+                truncated=cand.truncated,
+                text=cand.text,
+                logprob_scope=cand.logprob_scope,
             )
             for cand, verdict in zip(candidates, verdicts)
         ]
@@ -82,6 +89,7 @@ class ProblemReport:
             mean_pass_rate=sum(r.pass_rate for r in reports) / len(reports),
             exact_match=matched,
             candidates=reports,
+            truncated=sum(r.truncated for r in reports),
         )
 
     @classmethod
@@ -122,6 +130,7 @@ class EvalReport:
     bin_edges: list[float] = field(default_factory=list)  # the histograms' bins on [0, 1]
     missing_ks: list[int] = field(default_factory=list)  # pass@k left out: some problem has n < k
     unscored_problem_ids: list[str] = field(default_factory=list)  # problems without candidates
+    truncated_candidates: int = 0  # candidates (over all problems) that ran out of their token budget
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

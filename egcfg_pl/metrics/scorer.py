@@ -98,14 +98,16 @@ class CandidateScorer:
         return self.metrics.compute()
 
     def report(self, config: dict[str, Any] | None = None, problems: list[ProblemReport] | None = None) -> EvalReport:
+        problems = self.problems if problems is None else problems
         return EvalReport(
             metrics=self.compute(),
-            problems=self.problems if problems is None else problems,
+            problems=problems,
             config=dict(config or {}),
             histograms=self.metrics.histograms(),
             bin_edges=self.metrics.bin_edges,
             missing_ks=list(self.metrics.missing_ks()),
             unscored_problem_ids=list(self.unscored),
+            truncated_candidates=sum(p.truncated for p in problems),
         )
 
     def reset(self) -> None:

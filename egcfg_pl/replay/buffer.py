@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from egcfg_pl.replay.priorities import Strategy, check_strategy, sampling_probab
 log = logging.getLogger(__name__)
 
 Eviction = Literal["lowest_p2value", "oldest"]
+TruncatedPolicy = Literal["skip", "no_eos"]
 
 
 def setting_path(name: str) -> str:
@@ -48,6 +49,10 @@ class ReplaySettings:
     seed: int | None = None
     """Seed of the draw RNG (its state is checkpointed); null = the run's seed (``seed_everything``, or
     ``run.seed`` in an experiment), so a new run seed also gives a new draw stream."""
+    truncated: TruncatedPolicy = "skip"
+    """Programs cut off by the sampler's token budget (``Candidate.truncated``) are never taught to end: ``skip``
+    (default) stores them (statistics, eviction) but never draws them for training; ``no_eos`` draws them and
+    trains on them without the closing fence and EOS. ``buffer/skipped_truncated`` counts the skipped ones."""
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy, setting_path("strategy"))
@@ -67,6 +72,8 @@ class ReplaySettings:
             )
         if self.capacity < 1:
             raise ValueError(f"{setting_path('capacity')} must be >= 1, got {self.capacity}")
+        if self.truncated not in ("skip", "no_eos"):
+            raise ValueError(f"{setting_path('truncated')} {self.truncated!r} is unknown; use skip or no_eos")
         if self.eviction not in ("lowest_p2value", "oldest"):
             raise ValueError(f"{setting_path('eviction')} {self.eviction!r} is unknown; use lowest_p2value or oldest")
 
@@ -98,7 +105,9 @@ class ReplayBuffer:
     """Experiences keyed by (problem id, normalised program).
 
     A duplicate replaces the stored entry (its possibility reflects the newer model) and bumps its
-    ``seen`` count; insertion order is kept for the first appearance. Draws are with replacement.
+    ``seen`` count; insertion order is kept for the first appearance. Draws are with replacement, from the
+    entries training can use (``excluded``): the draw rule is applied to that population, so batches stay full
+    and ranks are ranks among the drawable entries.
     """
 
     def __init__(self, settings: ReplaySettings | None = None) -> None:
@@ -108,6 +117,9 @@ class ReplayBuffer:
         self._order: dict[tuple[str, str], int] = {}  # insertion counter, for "oldest"
         self._counter = 0
         self.rng = np.random.default_rng(self.settings.seed if self.settings.seed is not None else run_seed())
+        self.prompt_fits: Callable[[Experience], bool] | None = None
+        """Set by the datamodule once the target's tokenizer is known (``ReplayCollator.fits``): False for an
+        experience whose prompt alone fills ``data.max_length``; such entries are never drawn."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -144,16 +156,43 @@ class ReplayBuffer:
         for key in victims:
             del self._items[key], self._seen[key], self._order[key]
 
+    def excluded(self, exp: Experience) -> str | None:
+        """Why ``exp`` is never drawn for training, or None: ``truncated`` (cut off by the token budget, under
+        ``truncated: skip``) or ``long_prompt`` (its prompt leaves no room for the program, see ``prompt_fits``)."""
+        if exp.candidate.truncated and self.settings.truncated == "skip":
+            return "truncated"
+        if self.prompt_fits is not None and not self.prompt_fits(exp):
+            return "long_prompt"
+        return None
+
+    def drawable(self) -> int:
+        """How many entries the draws can pick (the rest is ``excluded``)."""
+        return sum(self.excluded(e) is None for e in self._items.values())
+
     def probabilities(self) -> np.ndarray:
+        """The draw probability of each entry of ``experiences`` (0 for excluded ones); sums to 1."""
         items = self.experiences
+        drawable = [i for i, e in enumerate(items) if self.excluded(e) is None]
+        if items and not drawable:
+            reasons = [self.excluded(e) for e in items]
+            raise ValueError(
+                f"none of the {len(items)} replay experiences can be trained on: {reasons.count('truncated')} are "
+                f"cut off by the token budget ({setting_path('truncated')} is skip: raise the sampler's "
+                f"max_new_tokens or set it to no_eos) and {reasons.count('long_prompt')} have prompts longer than "
+                "data.max_length (raise it)"
+            )
         s = self.settings
-        return sampling_probabilities(
-            [e.p2value for e in items],
-            [e.pass_rate for e in items],
-            [e.possibility for e in items],
+        kept = [items[i] for i in drawable]
+        sub = sampling_probabilities(
+            [e.p2value for e in kept],
+            [e.pass_rate for e in kept],
+            [e.possibility for e in kept],
             strategy=s.strategy,
             alpha=s.sampling_alpha,
         )
+        probabilities = np.zeros(len(items))
+        probabilities[drawable] = sub
+        return probabilities
 
     def sample_indices(self, n: int) -> np.ndarray:
         """``n`` indices into ``experiences`` drawn with replacement by the configured strategy."""
@@ -164,10 +203,12 @@ class ReplayBuffer:
         return [items[i] for i in self.sample_indices(n)]
 
     def stats(self) -> dict[str, float]:
-        """Buffer summary for logging: size, means, solved fraction, problems covered."""
+        """Buffer summary for logging: size, means, solved fraction, problems covered, truncated programs, and
+        how many entries the draws skip (``skipped_truncated``, ``skipped_long_prompt``; the rest is ``drawable``)."""
         items = self.experiences
         if not items:
             return {"buffer/size": 0.0}
+        reasons = [self.excluded(e) for e in items]
         p2 = np.array([e.p2value for e in items])
         pr = np.array([e.pass_rate for e in items])
         known = [e.possibility for e in items if e.possibility is not None]
@@ -182,6 +223,11 @@ class ReplayBuffer:
             "buffer/frac_partial": float(np.mean((pr > 0) & (pr < 1))),
             "buffer/mean_possibility": float(np.mean(known)) if known else float("nan"),
             "buffer/unknown_possibility": float(len(items) - len(known)),
+            "buffer/truncated": float(sum(e.candidate.truncated for e in items)),
+            "buffer/frac_truncated": float(np.mean([e.candidate.truncated for e in items])),
+            "buffer/skipped_truncated": float(reasons.count("truncated")),
+            "buffer/skipped_long_prompt": float(reasons.count("long_prompt")),
+            "buffer/drawable": float(reasons.count(None)),
         }
 
     def state_dict(self) -> dict[str, Any]:

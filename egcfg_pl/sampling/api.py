@@ -2,7 +2,9 @@
 
 The BTP source model can be a strong API model (big-to-small: GPT-4 samples teach a small local target,
 paper §4). Each problem gets ``n`` sampled programs; their possibility P(t) = Π p(token) comes from the
-token log-probs the server returns (``Candidate.logprob`` = Σ log p, ``num_tokens`` = their count). A
+token log-probs the server returns (``Candidate.logprob`` = Σ log p, ``num_tokens`` = their count), over the
+program's tokens only where the returned tokens spell the reply (else the whole reply, prose and fences
+included; ``Candidate.logprob_scope`` says which). ``finish_reason == "length"`` marks a candidate truncated. A
 server that returns no log-probs gives ``logprob=None``: the possibility is unknown, P2Value falls back to
 the pass rate, ``unknown_possibility`` counts such candidates and a warning is logged once.
 
@@ -23,6 +25,7 @@ Robustness lives in two small modules: ``api_retry`` (backoff, budget, clear fin
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -36,10 +39,17 @@ from typing import Any, Literal
 import openai
 
 from egcfg_pl.problems.problem import Problem
-from egcfg_pl.prompts import PromptTemplate, build_messages, build_prompt, extract_program, stop_strings
+from egcfg_pl.prompts import (
+    PromptTemplate,
+    build_messages,
+    build_prompt,
+    extract_program,
+    program_span,
+    stop_strings,
+)
 from egcfg_pl.sampling.api_cache import ResponseCache
 from egcfg_pl.sampling.api_retry import ApiRequestError, RequestBudget, RetryPolicy, call_with_retries
-from egcfg_pl.sampling.candidate import Candidate
+from egcfg_pl.sampling.candidate import Candidate, LogprobScope
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +169,34 @@ def template_for(endpoint: Endpoint, template: PromptTemplate | None) -> PromptT
 
 @dataclass(frozen=True)
 class Completion:
-    """One returned choice: its text, Σ token log-probs (None when not returned) and token count."""
+    """One returned choice: its text, Σ token log-probs (None when not returned) and token count; the tokens'
+    bytes and log-probs (to sum over the program's tokens only), and whether it ran out of ``max_tokens``."""
 
     text: str
     logprob: float | None
     num_tokens: int
+    truncated: bool = False  # finish_reason == "length": cut off by the token budget
+    tokens: tuple[bytes, ...] | None = None  # the returned tokens, when the server named them
+    token_logprobs: tuple[float, ...] | None = None
+
+    def program_logprob(self, span: tuple[int, int]) -> tuple[float | None, int, LogprobScope]:
+        """``(Σ log p, tokens, scope)`` over the tokens overlapping ``span`` (characters of ``text``) when the
+        returned tokens spell ``text`` (scope ``program``); else the whole reply's (scope ``reply``)."""
+        offsets = self._token_offsets()
+        if offsets is None or self.token_logprobs is None:
+            return self.logprob, self.num_tokens, "reply"
+        start, end = (len(self.text[:i].encode()) for i in span)  # characters -> UTF-8 bytes
+        inside = [lp for (a, b), lp in zip(offsets, self.token_logprobs) if a < end and b > start]
+        if not inside:  # no code in the reply: nothing narrower to score
+            return self.logprob, self.num_tokens, "reply"
+        return math.fsum(inside), len(inside), "program"
+
+    def _token_offsets(self) -> list[tuple[int, int]] | None:
+        """Byte range of each token in ``text``, or None when the tokens do not spell it (then no alignment)."""
+        if not self.tokens or not b"".join(self.tokens).startswith(self.text.encode()):
+            return None
+        ends = list(itertools.accumulate(len(t) for t in self.tokens))
+        return [(end - len(t), end) for t, end in zip(self.tokens, ends)]
 
 
 def token_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> list[float] | None:
@@ -178,6 +211,20 @@ def token_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> list[float] | 
     return [float(v) for v in values]
 
 
+def token_bytes(choice: dict[str, Any], endpoint: Endpoint) -> tuple[bytes, ...] | None:
+    """The sampled tokens of one choice as bytes (chat: each item's ``bytes``, else its ``token``; completions:
+    ``logprobs.tokens``), or None when the server named none."""
+    logprobs = choice.get("logprobs") or {}
+    if endpoint == "chat":
+        items = logprobs.get("content") or []
+        tokens = [bytes(i["bytes"]) if isinstance(i.get("bytes"), list) else i.get("token") for i in items]
+    else:
+        tokens = list(logprobs.get("tokens") or [])
+    if not tokens or any(t is None for t in tokens):
+        return None
+    return tuple(t if isinstance(t, bytes) else str(t).encode() for t in tokens)
+
+
 def parse_choices(response: dict[str, Any], endpoint: Endpoint) -> list[Completion]:
     """Response JSON (chat or legacy completions) → one ``Completion`` per choice, in index order."""
     out = []
@@ -185,7 +232,13 @@ def parse_choices(response: dict[str, Any], endpoint: Endpoint) -> list[Completi
         text = (choice.get("message") or {}).get("content") if endpoint == "chat" else choice.get("text")
         values = token_logprobs(choice, endpoint)
         logprob = None if values is None else math.fsum(values)
-        out.append(Completion(text or "", logprob, 0 if values is None else len(values)))
+        tokens = token_bytes(choice, endpoint) if values is not None else None
+        out.append(Completion(
+            text or "", logprob, 0 if values is None else len(values),
+            truncated=choice.get("finish_reason") == "length",
+            tokens=tokens if tokens is not None and len(tokens) == len(values or ()) else None,
+            token_logprobs=None if values is None else tuple(values),
+        ))
     return out
 
 
@@ -195,7 +248,7 @@ class ApiSamplingStats:
 
     problems: int = 0
     candidates: int = 0
-    generated_tokens: int = 0  # tokens with a returned log-prob (unknown-possibility candidates count 0)
+    generated_tokens: int = 0  # tokens the candidates' log-probs cover (Candidate.num_tokens; unknown count 0)
     seconds: float = 0.0
     requests: int = 0  # sent, retries included
     cache_hits: int = 0
@@ -304,8 +357,12 @@ class ApiSampler:
         return [self._candidate(problem, c, iteration, rank) for rank, c in enumerate(completions)]
 
     def _candidate(self, problem: Problem, c: Completion, iteration: int, rank: int) -> Candidate:
+        """The program and, where the returned tokens allow, the possibility of its tokens only (not the prose
+        and fences around it); ``truncated`` when the reply ran out of ``max_tokens``."""
         program = extract_program(c.text, problem, self.template)
-        return Candidate(problem.id, program, c.text, c.logprob, c.num_tokens, self.name, iteration, rank)
+        logprob, num_tokens, scope = c.program_logprob(program_span(c.text, problem, self.template))
+        return Candidate(problem.id, program, c.text, logprob, num_tokens, self.name, iteration, rank,
+                         truncated=c.truncated, logprob_scope=scope)
 
     def _fetch(self, problem: Problem, iteration: int, index: int, need: int) -> dict[str, Any]:
         """The response to request ``index`` for ``problem``: from the cache, else sent (and cached)."""

@@ -8,6 +8,7 @@ from typing import Literal
 
 PossibilityForm = Literal["normalized", "raw"]
 POSSIBILITY_FORMS: tuple[str, ...] = ("normalized", "raw")
+LogprobScope = Literal["reply", "program"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Candidate:
     truncated: bool = False
     """The generation ran out of its token budget (``max_new_tokens``; an API's ``finish_reason == "length"``)
     before EOS or a stop string: the program may be cut off mid-statement and must not be taught to end."""
+    logprob_scope: LogprobScope = "reply"
+    """What ``logprob`` and ``num_tokens`` cover: ``reply`` = every generated token (a local sampler's
+    continuation with its stop string / EOS; an API reply whose tokens could not be aligned with its text, prose
+    and fences included), ``program`` = only the reply's tokens inside the extracted code (``prompts.program_span``;
+    API replies whose returned tokens spell the text)."""
 
     @property
     def probability(self) -> float | None:
