@@ -220,3 +220,18 @@ def test_eval_json_written_before_the_fields_still_reads(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert EvalReport.from_json(tmp_path / "old.json").problems[0].candidates[0].truncated is False
     assert summarise(tmp_path / "old.json", "")["problems"][0][5] == [["return 1", True, False, ""]]
+
+
+def test_sample_and_filter_stops_when_every_kept_program_is_truncated():
+    """A buffer whose only entries are cut off (skip) trains on nothing: the campaign stops as for an empty buffer."""
+    from types import SimpleNamespace
+
+    from egcfg_pl.experiments.run import EmptyReplayError, StopOnEmptyBuffer
+
+    buffer = ReplayBuffer(ReplaySettings(seed=0))
+    buffer.add([experience(0, True, truncated=True)])
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(buffer=buffer), current_epoch=0)
+    with pytest.raises(EmptyReplayError, match="1 kept.*truncated=skip"):
+        StopOnEmptyBuffer().on_train_epoch_start(trainer, None)
+    buffer.add([experience(1, True, truncated=False)])
+    StopOnEmptyBuffer().on_train_epoch_start(trainer, None)  # something drawable: no error

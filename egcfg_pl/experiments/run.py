@@ -35,15 +35,16 @@ class EmptyReplayError(RuntimeError):
 
 
 class StopOnEmptyBuffer(L.Callback):
-    """Ends the fit before any optimizer step when the refresh left the buffer empty (listed after the
+    """Ends the fit before any optimizer step when the refresh left nothing drawable (listed after the
     refresh callback, so it sees the filled buffer). Lightning tears down and re-raises the error."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         buffer = trainer.datamodule.buffer
-        if len(buffer) == 0:
+        if buffer.drawable() == 0:  # empty, or every kept program is excluded (e.g. all truncated under skip)
             raise EmptyReplayError(
-                f"iteration {trainer.current_epoch}: no sampled program was kept "
-                f"(replay.min_pass_rate={buffer.settings.min_pass_rate}); nothing to fine-tune on"
+                f"iteration {trainer.current_epoch}: no sampled program can be trained on ({len(buffer)} kept, "
+                f"replay.min_pass_rate={buffer.settings.min_pass_rate}, replay.truncated={buffer.settings.truncated})"
+                "; nothing to fine-tune on"
             )
 
 
