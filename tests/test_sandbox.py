@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -57,7 +59,7 @@ def test_value_and_call_matching():
 
 @pytest.mark.parametrize("value", [
     None, True, 0, -3, 10**40, 1.5, float("inf"), "é\u2603", b"\x00\xff", 2j, [1, (2, 3)], {1: "a", "b": [None]},
-    {1, 2}, frozenset({3}), (), [[[]]],
+    {1, 2}, frozenset({3}), (), [[[]]], Decimal("1.50"), Fraction(1, 3),
 ])
 def test_value_roundtrip(value):
     assert decode_value(encode_value(value)) == value
@@ -112,6 +114,27 @@ def test_process_isolation_runs_when_explicitly_allowed():
 
 
 # ---- executor semantics -------------------------------------------------------------------------
+
+
+PY_EQ_CASES = [  # (program's value, the literal in `assert candidate() == literal`)
+    ("np.int64(3)", "3"), ("np.int64(4)", "3"), ("np.bool_(True)", "True"), ("np.float32(0.5)", "0.5"),
+    ("np.array(3)", "3"), ("Decimal('3')", "3"), ("Decimal('0.1')", "0.1"), ("Fraction(6, 2)", "3"),
+    ("Fraction(1, 2)", "0.5"), ("{1: 2}.keys()", "{1}"), ("{1: 2}.items()", "{(1, 2)}"), ("{1: 2}.values()", "[2]"),
+]
+
+
+@needs_sandbox
+@pytest.mark.parametrize(("expr", "literal"), PY_EQ_CASES)
+def test_value_asserts_follow_python_equality(ex, expr, literal):
+    """`assert candidate() == literal` passes in the sandbox exactly when it passes in Python (numpy, Decimal,
+    Fraction, dict views); the expectation is Python's own answer, computed here."""
+    import numpy as np  # noqa: F401  (used by eval)
+
+    python_says = bool(eval(expr) == eval(literal))
+    prog = f"import numpy as np\nfrom decimal import Decimal\nfrom fractions import Fraction\ndef f():\n    return {expr}\n"
+    prob = Problem("t/eq", "custom", "test", "eq", (TestCase("assert", code=f"assert candidate() == {literal}"),),
+                   entry_point="f", test_setup="candidate = f")
+    assert ex.run(prob, prog).all_passed is python_says
 
 
 @needs_sandbox
