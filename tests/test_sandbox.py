@@ -97,6 +97,8 @@ def test_config_validation():
         SandboxConfig(timeout=0)
     with pytest.raises(ValueError, match="workers"):
         SandboxConfig(workers=0)
+    with pytest.raises(ValueError, match="check_timeout"):
+        SandboxConfig(check_timeout=0)
 
 
 def test_process_isolation_is_refused_unless_allowed():
@@ -170,6 +172,22 @@ def test_timeout_is_per_test_and_later_tests_still_run(ex):
     v = ex.run(prob, prog)
     assert [r.status for r in v.results] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
     assert 1.0 <= v.results[1].seconds < 2.0 and time.perf_counter() - start < 3.0
+
+
+@needs_sandbox
+def test_check_timeout_is_one_budget_for_the_whole_check():
+    """Official HumanEval/MBPP protocol: one budget for program + all asserts (issue 10 item 8). Five tests of
+    0.3 s each pass under a 1 s per-test timeout, but not within a 1 s budget for the whole check."""
+    prog = "import time\ndef add(a, b):\n    time.sleep(0.3)\n    return a + b\n"
+    prob = add_problem(*[f"assert candidate({k}, 1) == {k + 1}" for k in range(5)])
+    with Executor(timeout=1.0, workers=1) as per_test:
+        assert per_test.run(prob, prog).all_passed
+    with Executor(timeout=1.0, check_timeout=1.0, workers=1) as whole:
+        statuses = [r.status for r in whole.run(prob, prog).results]
+        assert statuses[0] is Status.PASSED and statuses[-2:] == [Status.TIMEOUT, Status.TIMEOUT]
+        assert statuses == sorted(statuses, key=lambda s: s is Status.TIMEOUT)  # passes, then timeouts
+        assert "whole-check budget" in whole.run(prob, prog).results[-1].detail
+        assert whole.run(prob, "def add(a, b):\n    return a + b\n").all_passed
 
 
 @needs_sandbox

@@ -57,6 +57,7 @@ def split_assert(code: str) -> tuple[str, Any] | None:
 def _limits(config: SandboxConfig, num_tests: int) -> dict[str, Any]:
     return {
         "timeout": config.timeout,
+        "check_timeout": config.check_timeout,
         "memory_mb": config.memory_mb,
         "cpu_s": int(config.timeout * (num_tests + 1)) + 1,  # backstop; wall timeouts act first
         "fsize_mb": config.max_file_mb,

@@ -28,6 +28,7 @@ class Server:
         self.cfg = cfg
         self.pid1 = os.getpid() == 1
         self.jobs = 0
+        self.check_end = float("inf")  # monotonic end of the whole-check budget (SandboxConfig.check_timeout)
 
     # -- process hygiene ---------------------------------------------------------------------
     def kill_all(self, pgid):
@@ -107,7 +108,7 @@ class Server:
         else:
             wfds = []
         while fds:
-            left = deadline - time.monotonic()
+            left = min(deadline, self.check_end) - time.monotonic()
             if left <= 0:
                 outcome = "timeout"
                 break
@@ -180,8 +181,18 @@ class Server:
     def run_inprocess(self, job, workdir):
         n, timeout = len(job["tests"]), job["limits"]["timeout"]
         results = [None] * n
+        budget = job["limits"].get("check_timeout")
+        self.check_end = time.monotonic() + budget if budget else float("inf")
+        try:
+            return self._run_inprocess(job, workdir, n, timeout, results)
+        finally:
+            self.check_end = float("inf")
+
+    def _run_inprocess(self, job, workdir, n, timeout, results):
         start = 0
         while start < n:
+            if time.monotonic() >= self.check_end:
+                return _fill(results, start, "timeout", self._budget_detail())
             state = {"cur": None, "t": 0.0, "fail": None}
 
             def on_msg(msg, state=state):
@@ -210,16 +221,25 @@ class Server:
                 todo = [i for i in range(start, n) if results[i] is None]
                 if not todo:
                     break
-                status, detail = _death(outcome, wstatus, timeout)
+                status, detail = self._death(outcome, wstatus, timeout)
                 if any(results[i] is not None for i in range(start, n)):
                     results[todo[0]] = {"status": status, "seconds": 0.0, "detail": detail}
                     start = todo[0] + 1
                     continue
                 return _fill(results, start, status, detail)
-            status, detail = _death(outcome, wstatus, timeout)
+            status, detail = self._death(outcome, wstatus, timeout)
             results[cur] = {"status": status, "seconds": time.perf_counter() - state["t"], "detail": detail}
             start = cur + 1
         return results
+
+    def _budget_detail(self):
+        return f"whole-check budget of {self.job['limits']['check_timeout']:g} s spent"
+
+    def _death(self, outcome, wstatus, timeout):
+        """``_death``, naming the whole-check budget when that is what ran out."""
+        if outcome == "timeout" and time.monotonic() >= self.check_end:
+            return "timeout", self._budget_detail()
+        return _death(outcome, wstatus, timeout)
 
     def run_stdio(self, job, i, workdir):
         timeout = job["limits"]["timeout"]
