@@ -263,3 +263,44 @@ def test_annotations_are_not_evaluated(ex):
     """LeetCode-style programs annotate with `List` without importing it (APPS call-based references)."""
     prob = Problem("t/lc", "custom", "test", "c", (TestCase("call", fn_name="first", args=([4, 5],), expected=4),))
     assert ex.run(prob, "class Solution:\n    def first(self, xs: List[int]) -> int:\n        return xs[0]\n").all_passed
+
+
+# ---- the test process: the program's names are proxies, values cross as plain data --------------------
+@needs_sandbox
+def test_tests_build_objects_of_program_classes(ex):
+    """MBPP-style tests that build trees / lists of the program's classes (mbpp/367, /601) and pass builtin
+    types (mbpp/533): the objects stay in the program; the tests hold handles and get plain answers."""
+    prog = ("class Node:\n    def __init__(self, v):\n        self.v, self.left = v, None\n"
+            "def depth(n):\n    return 0 if n is None else 1 + depth(n.left)\n"
+            "def total(nodes):\n    return sum(n.v for n in nodes)\n"
+            "def keep(xs, t):\n    return [x for x in xs if isinstance(x, t)]\n")
+    tests = ("assert depth(root) == 3", "assert total([Node(2), Node(5)]) == 7", "assert root.left.v == 2",
+             "assert keep((1, 'a', 2.5), int) == [1]", "assert len([n for n in [root]]) == 1")
+    prob = Problem("t/obj", "custom", "test", "o", tuple(TestCase("assert", code=t) for t in tests),
+                   entry_point="depth", test_setup="root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)")
+    assert ex.run(prob, prog).all_passed, ex.run(prob, prog)
+
+
+@needs_sandbox
+def test_non_plain_values_stay_opaque_and_are_counted(ex):
+    """The one rule: the program's non-plain values equal only themselves on the test side (an always-true
+    __eq__ is never asked), iteration and truth value are forwarded, and a failure says how many there were."""
+    prog = ("class Eq:\n    def __eq__(self, other):\n        return True\n    def __sub__(self, other):\n"
+            "        return 0\n    __hash__ = object.__hash__\n"
+            "def f(x):\n    return Eq()\n"
+            "def g(n):\n    return (i * i for i in range(n))\n")
+    tests = ("assert f(1) == 2", "assert abs(f(1) - 2) < 1e-6", "assert list(g(3)) == [0, 1, 4]", "assert g(3) == [0, 1, 4]",
+             "assert f(1)")
+    prob = Problem("t/opaque", "custom", "test", "o", tuple(TestCase("assert", code=t) for t in tests), entry_point="f")
+    v = ex.run(prob, prog)
+    assert [r.status for r in v.results] == [Status.FAILED, Status.ERROR, Status.PASSED, Status.FAILED, Status.PASSED]
+    assert v.results[0].detail == "got <opaque Eq>" and "1 non-plain value(s)" in v.results[1].detail
+
+
+@needs_sandbox
+def test_program_exceptions_cross_by_builtin_type(ex):
+    prog = "def f(x):\n    if x == 0:\n        raise ValueError('zero')\n    if x == 1:\n        raise SystemExit(0)\n    return x\n"
+    tests = ("try:\n    f(0)\n    ok = False\nexcept ValueError:\n    ok = True\nassert ok", "assert f(1) == 1", "assert f(2) == 2")
+    prob = Problem("t/exc", "custom", "test", "e", tuple(TestCase("assert", code=t) for t in tests), entry_point="f")
+    v = ex.run(prob, prog)
+    assert [r.status for r in v.results] == [Status.PASSED, Status.ERROR, Status.PASSED], v

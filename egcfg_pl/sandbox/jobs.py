@@ -1,9 +1,11 @@
 """Turning a (problem, program) pair into fork-server jobs, and raw results into a ``Verdict``.
 
-Expected answers never enter the sandbox for stdio and call tests, nor for assert tests of the form
-``assert <expr> == <literal>``: the sandbox only evaluates ``<expr>`` and returns its value as plain
-data, and the host compares (``compare.py``). Only other assert tests are judged inside the sandbox
-(passed = the test code raised nothing), by the harness in the forked child.
+No test code ever shares an interpreter with the program. stdio tests: the host compares stdout.
+Assert and call tests run in a trusted test process whose calls into the program cross a pipe as plain
+data (``remote.py``); expected answers of call tests and of asserts of the form ``assert <expr> ==
+<literal>`` never enter any sandbox process: the test process evaluates ``<expr>`` (or the call) and
+the host compares the value (``compare.py``). Other asserts (and HumanEval ``check`` functions kept
+whole) are judged in the test process: passed = the test code raised nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import compare
 from egcfg_pl.sandbox.config import SandboxConfig
+from egcfg_pl.sandbox.testcode import program_names, prompt_helpers, setup_imports
 from egcfg_pl.sandbox.values import decode_value, encode_value
 from egcfg_pl.sandbox.verdict import Status, TestResult
 
@@ -30,6 +33,16 @@ class Check:
     kind: str  # "assert" | "value" | "call" | "stdio"
     expected: Any = None
     wrapped: bool = False  # APPS call test whose expected value was unwrapped from [value]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fork-server job: ``spec`` goes to the server, ``tests`` (assert/call jobs: the trusted test
+    code) only to the test process, when the server asks for it; ``checks`` stay on the host."""
+
+    spec: dict[str, Any]
+    tests: dict[str, Any] | None
+    checks: list[Check]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -77,7 +90,7 @@ def _inprocess_item(test: TestCase, index: int, wrapped: bool) -> tuple[dict[str
     return {"k": "assert", "code": test.code}, Check(index, "assert")
 
 
-def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[tuple[dict[str, Any], list[Check]]]:
+def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[Job]:
     """One job for the stdio tests and one for the in-process (assert/call) tests, as present."""
     wrapped = tuple(problem.meta.get("wrapped_expected", ()))
     stdio = [(i, t) for i, t in enumerate(problem.tests) if t.kind == "stdio"]
@@ -85,13 +98,19 @@ def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[tu
     jobs = []
     if inproc:
         pairs = [_inprocess_item(t, i, i < len(wrapped) and bool(wrapped[i])) for i, t in inproc]
-        job = {"kind": "inprocess", "name": "__solution__", "program": program, "setup": problem.test_setup,
-               "tests": [p[0] for p in pairs], "limits": _limits(config, len(pairs))}
-        jobs.append((job, [p[1] for p in pairs]))
+        setup = problem.test_setup
+        if any(t.kind == "assert" for _, t in inproc):
+            setup = "\n".join(filter(None, (prompt_helpers(problem.prompt, problem.entry_point), setup)))
+        codes = (setup, *(t.code for _, t in inproc if t.kind == "assert"))
+        names = program_names(codes, problem.entry_point) if any(t.kind == "assert" for _, t in inproc) else ()
+        spec = {"kind": "inprocess", "name": "__solution__", "program": program,
+                "setup": setup_imports(problem.test_setup), "names": list(names), "n": len(pairs),
+                "limits": _limits(config, len(pairs))}
+        jobs.append(Job(spec, {"setup": setup, "tests": [p[0] for p in pairs]}, [p[1] for p in pairs]))
     if stdio:
-        job = {"kind": "stdio", "name": "__main__", "program": program, "setup": "",
-               "tests": [t.input for _, t in stdio], "limits": _limits(config, 1)}
-        jobs.append((job, [Check(i, "stdio", t.output) for i, t in stdio]))
+        spec = {"kind": "stdio", "name": "__main__", "program": program, "setup": "",
+                "tests": [t.input for _, t in stdio], "limits": _limits(config, 1)}
+        jobs.append(Job(spec, None, [Check(i, "stdio", t.output) for i, t in stdio]))
     return jobs
 
 

@@ -1,14 +1,19 @@
-"""The fork server: a pre-warmed interpreter inside the isolation that forks one child per program.
+"""The fork server: a pre-warmed interpreter inside the isolation that forks the children of each run.
 
 Inside the sandbox this runs as ``python -I -c <source>``, where the source is ``values.py`` +
-``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked ``# inlined`` are
-dropped). Protocol with the host: one JSON job per line on stdin, one JSON result per line on stdout.
+``remote.py`` + ``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked
+``# inlined`` are dropped). Protocol with the host: one JSON job per line on stdin, one JSON result per
+line on stdout; for assert/call jobs the server asks for the test code separately (``{"tests": i}``,
+answered by one line) each time it starts a test process, so that it never holds test code while it
+forks a program's process.
 
-The server is pid 1 of its own pid namespace (when namespaces are on). Per job: a fresh work dir owned
-by the worker's unprivileged uid; a forked child runs the program (``harness.py``) and reports
+The server is pid 1 of its own pid namespace (when namespaces are on). An assert/call run has two
+children: the program's (uid ``uid``, fresh work dir) and, forked after it, the tests' (uid
+``test_uid``, its own work dir), joined by two pipes (``remote.py``). The tests' child reports
 ``start i`` / ``end i`` lines prefixed with a per-run random nonce; the server times each test with its
-own clock, kills on timeout and restarts from the next test. After every job every other process in
-the namespace is SIGKILLed (``kill(-1)`` from pid 1), all are reaped, and the work dir is removed.
+own clock, kills both on timeout and starts both again from the next test. After every run every other
+process in the namespace is SIGKILLed (``kill(-1)`` from pid 1), all are reaped, and the work dirs are
+removed.
 """
 
 import json
@@ -20,35 +25,41 @@ import sys
 import time
 
 from egcfg_pl.sandbox.harness import _devnull, _enter_child, _make_reporter, _set_oom_score  # inlined
-from egcfg_pl.sandbox.harness import child_inprocess, child_stdio, load_libc  # inlined
+from egcfg_pl.sandbox.harness import child_program, child_stdio, child_tests, load_libc  # inlined
+from egcfg_pl.sandbox.remote import Channel  # inlined
 from egcfg_pl.sandbox.rootfs import setup_root  # inlined
 
 class Server:
-    def __init__(self, cfg):
+    def __init__(self, cfg, ask_host=None):
         self.cfg = cfg
+        self.ask_host = ask_host  # ask_host(msg) -> the host's one-line answer, parsed
         self.pid1 = os.getpid() == 1
         self.jobs = 0
         self.check_end = float("inf")  # monotonic end of the whole-check budget (SandboxConfig.check_timeout)
+        self.exits = {}  # pid -> wait status of the children reaped during the current run
 
     # -- process hygiene ---------------------------------------------------------------------
-    def kill_all(self, pgid):
-        """SIGKILL every process the program may have left, then reap them."""
+    def kill_all(self, pgids):
+        """SIGKILL every process the run may have left, then reap them."""
         if self.pid1:
             try:
                 os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         else:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if self.cfg["uid"] is not None:
-                self._kill_uid(self.cfg["uid"])
+            for pgid in pgids:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for uid in (self.cfg["uid"], self.cfg["test_uid"]):
+                if uid is not None:
+                    self._kill_uid(uid)
         self.reap()
 
     def _kill_uid(self, uid):
         for _ in range(50):
+            self.reap()  # zombies of our own children still show their uid
             pids = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
             if not pids:
                 return
@@ -61,31 +72,39 @@ class Server:
     def reap(self):
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG if not self.pid1 else 0)
+                pid, wstatus = os.waitpid(-1, os.WNOHANG if not self.pid1 else 0)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            self.exits[pid] = wstatus
 
     # -- one child -----------------------------------------------------------------------------
-    def spawn(self, job, workdir, body, stdin_fd, stdout_fd):
-        nonce = secrets.token_hex(16)
-        r, w = os.pipe()
-        job = dict(job, report_fd=secrets.randbelow(job["limits"]["nofile"] - 40) + 20)
+    def spawn(self, job, workdir, body, fds, uid, oom_score=0, audit=True):
+        """Fork a child that enters the jail with ``fds`` (target -> source) and runs ``body()``."""
         pid = os.fork()
         if pid == 0:  # child
             code = 0
             try:
-                fd = _enter_child(job, stdin_fd, stdout_fd, w, workdir)
-                body(job, _make_reporter(fd, nonce))
+                _enter_child(job, fds, workdir, uid, oom_score, audit)
+                body()
             except BaseException:
                 code = 70
             finally:
                 os._exit(code)
+        return pid
+
+    def spawn_reporting(self, job, workdir, body, fds, uid, oom_score=0, audit=True):
+        """``spawn`` with a fresh report pipe and nonce: ``body(report)``; returns (pid, read end, nonce)."""
+        nonce = secrets.token_hex(16)
+        r, w = os.pipe()
+        fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
+        pid = self.spawn(job, workdir, lambda: body(_make_reporter(fd, nonce)), {**fds, fd: w},
+                         uid, oom_score, audit)
         os.close(w)
         return pid, r, nonce
 
-    def watch(self, pid, r, nonce, timeout, on_msg, stdout_r=None, stdin_w=None, stdin_data=b""):  # noqa: C901
+    def watch(self, pid, r, nonce, timeout, on_msg, stdout_r=None, stdin_w=None, stdin_data=b"", pgids=()):  # noqa: C901
         """Pump the child's report pipe (and stdio pipes) until it exits or a deadline passes.
 
         ``on_msg(msg)`` returns the new deadline length in seconds (or None to keep it).
@@ -155,7 +174,7 @@ class Server:
             result = ("exit", wstatus)
         else:
             result = (outcome, None)
-        self.kill_all(pid)
+        self.kill_all(pgids or (pid,))
         os.close(r)
         if stdout_r is not None:
             os.close(stdout_r)
@@ -164,9 +183,8 @@ class Server:
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job):
         self.job = job
-        job["uid"] = self.cfg["uid"]
         job["env"] = self.cfg["env"]
-        workdir = self.make_workdir()
+        workdir = self.make_workdir(self.cfg["uid"])
         t0 = time.perf_counter()
         try:
             if job["kind"] == "stdio":
@@ -179,21 +197,23 @@ class Server:
         return {"results": results, "seconds": seconds}
 
     def run_inprocess(self, job, workdir):
-        n, timeout = len(job["tests"]), job["limits"]["timeout"]
+        n, timeout = job["n"], job["limits"]["timeout"]
         results = [None] * n
         budget = job["limits"].get("check_timeout")
         self.check_end = time.monotonic() + budget if budget else float("inf")
+        test_dir = self.make_workdir(self.cfg["test_uid"])
         try:
-            return self._run_inprocess(job, workdir, n, timeout, results)
+            return self._run_inprocess(job, workdir, test_dir, n, timeout, results)
         finally:
             self.check_end = float("inf")
+            self.remove_workdir(test_dir)
 
-    def _run_inprocess(self, job, workdir, n, timeout, results):
+    def _run_inprocess(self, job, workdir, test_dir, n, timeout, results):
         start = 0
         while start < n:
             if time.monotonic() >= self.check_end:
                 return _fill(results, start, "timeout", self._budget_detail())
-            state = {"cur": None, "t": 0.0, "fail": None}
+            state = {"cur": None, "t": 0.0, "fail": None, "again": None}
 
             def on_msg(msg, state=state):
                 t = msg.get("t")
@@ -205,17 +225,23 @@ class Server:
                     results[i] = _result(msg, time.perf_counter() - state["t"])
                     state["cur"] = None
                     return timeout
+                if t == "again" and state["cur"] is None and msg.get("i") == _last_done(results, start) + 1:
+                    state["again"] = msg["i"]
                 if t == "fail" and state["fail"] is None:
                     state["fail"] = msg
                 return None
 
-            devnull = _devnull()
-            pid, r, nonce = self.spawn(job, workdir, lambda j, rep: child_inprocess(j, start, rep), devnull, devnull)
-            (outcome, wstatus), _ = self.watch(pid, r, nonce, timeout, on_msg)
+            pids, r, nonce = self.spawn_pair(job, start, workdir, test_dir)
+            self.exits = {}
+            (outcome, wstatus), _ = self.watch(pids[1], r, nonce, timeout, on_msg, pgids=pids)
+            _name_the_death(results, start, state["fail"], self.exits.get(pids[0]))
             cur = state["cur"]
             if state["fail"] is not None and cur is None:
                 msg = state["fail"]
                 return _fill(results, start, msg.get("status", "error"), str(msg.get("detail", ""))[:300])
+            if state["again"] is not None:  # the program died during a test; that test has its verdict
+                start = state["again"]
+                continue
             if cur is None:
                 # died or timed out between tests, or before the first one: no trusted verdict for the rest
                 todo = [i for i in range(start, n) if results[i] is None]
@@ -231,6 +257,25 @@ class Server:
             results[cur] = {"status": status, "seconds": time.perf_counter() - state["t"], "detail": detail}
             start = cur + 1
         return results
+
+    def spawn_pair(self, job, start, workdir, test_dir):
+        """The program's child first (the server holds no test code yet), then the tests' child, which
+        gets the test code from the host; returns ((program pid, tests pid), report read end, nonce)."""
+        devnull = _devnull()
+        to_prog_r, to_prog_w = os.pipe()
+        to_test_r, to_test_w = os.pipe()
+        prog = self.spawn(job, workdir, lambda: child_program(job, 3, 4),
+                          {0: devnull, 1: devnull, 2: devnull, 3: to_prog_r, 4: to_test_w}, self.cfg["uid"])
+        os.close(to_prog_r)
+        os.close(to_test_w)
+        tests = self.ask_host({"tests": start})
+        body = lambda report: child_tests(job, tests, start, report, Channel(3, 4))  # noqa: E731
+        test, r, nonce = self.spawn_reporting(job, test_dir, body, {0: devnull, 1: devnull, 2: devnull, 3: to_test_r,
+                                                                      4: to_prog_w}, self.cfg["test_uid"], -500, False)
+        del tests, body  # the next program's process must not be forked while test code is held here
+        os.close(to_test_r)
+        os.close(to_prog_w)
+        return (prog, test), r, nonce
 
     def _budget_detail(self):
         return f"whole-check budget of {self.job['limits']['check_timeout']:g} s spent"
@@ -253,7 +298,8 @@ class Server:
             return None
 
         t0 = time.perf_counter()
-        pid, r, nonce = self.spawn(job, workdir, child_stdio, in_r, out_w)
+        fds = {0: in_r, 1: out_w, 2: _devnull()}
+        pid, r, nonce = self.spawn_reporting(job, workdir, lambda report: child_stdio(job, report), fds, self.cfg["uid"])
         os.close(in_r)
         os.close(out_w)
         data = job["tests"][i].encode("utf-8", "surrogateescape")
@@ -270,12 +316,12 @@ class Server:
         status, detail = _death(outcome, wstatus, timeout)
         return {"status": status, "seconds": seconds, "detail": detail}
 
-    def make_workdir(self):
+    def make_workdir(self, uid):
         self.jobs += 1
         path = os.path.join(self.cfg["work_root"], f"job{self.jobs}")
         os.mkdir(path, 0o700)
-        if self.cfg["uid"] is not None:
-            os.chown(path, self.cfg["uid"], self.cfg["uid"])
+        if uid is not None:
+            os.chown(path, uid, uid)
         return path
 
     def remove_workdir(self, path):
@@ -312,12 +358,29 @@ def _authentic(line, nonce):
 
 def _result(msg, seconds):
     status = msg.get("status")
-    if status not in ("passed", "failed", "error", "memory", "ok"):
+    if status not in ("passed", "failed", "error", "memory", "killed", "ok"):
         status = "error"
     out = {"status": status, "seconds": seconds, "detail": str(msg.get("detail", ""))[:300]}
     if status == "ok":
         out["value"] = msg.get("value")
     return out
+
+
+def _name_the_death(results, start, fail, wstatus):
+    """Add how the program's process died (``killed by SIGKILL``: e.g. the cgroup's OOM killer) to the
+    results the test process could only call 'killed' because the program went away."""
+    if wstatus is None or not os.WIFSIGNALED(wstatus):
+        return
+    how = f" ({_death('exit', wstatus, 0)[1]})"
+    for msg in [r for r in results[start:] if r is not None] + ([fail] if fail is not None else []):
+        if msg.get("status") == "killed" and "program's process" in str(msg.get("detail", "")):
+            msg["detail"] = str(msg["detail"]) + how
+
+
+def _last_done(results, start):
+    """Index of the last test with a result from ``start`` on (``start - 1`` when none)."""
+    done = [i for i in range(start, len(results)) if results[i] is not None]
+    return done[-1] if done else start - 1
 
 
 def _fill(results, start, status, detail):
@@ -371,6 +434,11 @@ def main():
         host_out.write(json.dumps(obj).encode() + b"\n")
         host_out.flush()
 
+    def ask_host(msg):
+        send(msg)
+        return json.loads(host_in.readline())
+
+    server.ask_host = ask_host
     send({"ready": True, "pid1": server.pid1, "uid": cfg["uid"], "chroot": cfg["chroot"]})
     for line in host_in:
         job = json.loads(line)
