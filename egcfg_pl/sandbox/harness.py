@@ -10,6 +10,7 @@ holds). Standard library only: part of the fork server's source (``worker.py``).
 """
 
 import builtins
+import fcntl
 import json
 import os
 import resource
@@ -78,8 +79,6 @@ def _enter_child(job, fds, workdir, uid, oom_score=0, audit=True):
 def _place_fds(fds):
     """Move each source descriptor to its target (via copies above 1000, so no source is overwritten
     before it is moved) and close every other descriptor."""
-    import fcntl
-
     high = {target: fcntl.fcntl(source, fcntl.F_DUPFD, 1000) for target, source in fds.items()}
     for target, fd in high.items():
         os.dup2(fd, target)
@@ -185,13 +184,13 @@ def _run_program(job, report):
 
 # -- the program's child ---------------------------------------------------------------------------------
 def child_program(job, rfd, wfd):
-    """Run the program, say whether it is ready, then answer the test process's calls (``remote.serve``).
+    """Run the program, say whether it is ready (with handles for the names the tests take from it), then
+    answer the test process's calls (``remote.serve``).
     Nothing here can write a verdict: the report pipe was never in this process."""
     ns = _run_program(job, lambda **msg: _say(wfd, {"fail": [msg["status"], msg["detail"]]}))
     if ns is None:
         return
-    _say(wfd, {"ready": True})
-    serve(ns, rfd, wfd)
+    serve(ns, job["names"], rfd, wfd)
 
 
 def _say(fd, msg):
@@ -223,15 +222,13 @@ def child_tests(job, tests, start, report, channel):
 def _test_namespace(job, tests, channel, report):
     """The test code's globals: the program's names as proxies, then the problem's helpers and setup."""
     try:
-        hello = channel.first()
-        if "fail" in hello:
-            status, detail = hello["fail"]
-            status = status if status in _FAIL_STATUSES else "error"
-            report(t="fail", status=status, detail=str(detail)[:300])
+        hello = channel.hello()
+        if hello[0] == "fail":
+            status = hello[1] if hello[1] in _FAIL_STATUSES else "error"
+            report(t="fail", status=status, detail=hello[2])
             return None
         ns = {"__name__": "__test__", "__builtins__": builtins}
-        for name, value in channel.ask("names", names=job["names"]):
-            ns[name] = value
+        ns.update(hello[1])
         if tests["setup"]:
             exec(compile(tests["setup"], "<test_setup>", "exec", dont_inherit=True), ns)
         return ns

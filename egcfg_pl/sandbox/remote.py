@@ -58,9 +58,12 @@ class _Objects:
         return decode_value(e, resolve=lambda tag, x: self.by_id[x[0]] if tag == "h" else Opaque("module"))
 
 
-def serve(ns, rfd, wfd):
-    """Answer the test process's requests on the program's namespace until the pipe closes."""
+def serve(ns, names, rfd, wfd):
+    """Say ready with the program's values of ``names`` (as handles), then answer the test process's
+    requests on the program's namespace until the pipe closes."""
     objects = _Objects()
+    ready = objects.encode([(n, _Handle(ns[n])) for n in names if n in ns])
+    _write_all(wfd, (json.dumps({"ready": ready}) + "\n").encode())
     reader = os.fdopen(rfd, "rb")
     for line in reader:
         req = json.loads(line)
@@ -77,8 +80,6 @@ def serve(ns, rfd, wfd):
 
 def _do(req, ns, objects):
     op = req["op"]
-    if op == "names":
-        return objects.encode([(n, _Handle(ns[n])) for n in req["names"] if n in ns])
     if op == "calltest":  # APPS call test: fn_name(*args), or Solution().fn_name(*args)
         fn, solution = ns.get(req["fn"]), ns.get("Solution")
         if isinstance(solution, type):
@@ -129,9 +130,17 @@ class Channel:
         self.lost = ""  # why the program can no longer answer ("" while it can)
         self.handles = 0  # non-plain values the program answered with (each stayed in the program)
 
-    def first(self):
-        """The program's first line: ``{"ready": true}`` or ``{"fail": [status, detail]}``."""
-        return self._read()
+    def hello(self):
+        """The program's first line: ``("ready", [(name, value), ...])`` with its values of the names asked
+        for, or ``("fail", status, detail)`` when it could not run."""
+        reply = self._read()
+        if "fail" in reply:
+            status, detail = reply["fail"]
+            return ("fail", str(status), str(detail)[:300])
+        try:
+            return ("ready", [(str(name), value) for name, value in decode_value(reply["ready"], resolve=self._resolve)])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            self._lose(f"malformed first line from the program ({type(e).__name__})")
 
     def ask(self, op, **fields):
         if self.lost:

@@ -2,10 +2,12 @@
 
 Inside the sandbox this runs as ``python -I -c <source>``, where the source is ``values.py`` +
 ``remote.py`` + ``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked
-``# inlined`` are dropped). Protocol with the host: one JSON job per line on stdin, one JSON result per
-line on stdout; for assert/call jobs the server asks for the test code separately (``{"tests": i}``,
-answered by one line) each time it starts a test process, so that it never holds test code while it
-forks a program's process.
+``# inlined`` are dropped). Protocol with the host: jobs come on stdin as length-prefixed JSON frames
+(read with exact-size ``os.read``: nothing beyond the frame is ever read into the server), results go
+out as one JSON line each on stdout. An assert/call job is followed by a second frame, its test code,
+which the server reads only after it forked the program's process; each later start of a test process
+asks for the test code again (``{"tests": i}``, answered by a frame), so the server never holds test
+code while it forks a program's process.
 
 The server is pid 1 of its own pid namespace (when namespaces are on). An assert/call run has two
 children: the program's (uid ``uid``, fresh work dir) and, forked after it, the tests' (uid
@@ -30,9 +32,10 @@ from egcfg_pl.sandbox.remote import Channel  # inlined
 from egcfg_pl.sandbox.rootfs import setup_root  # inlined
 
 class Server:
-    def __init__(self, cfg, ask_host=None):
+    def __init__(self, cfg, read_frame=None, send=None):
         self.cfg = cfg
-        self.ask_host = ask_host  # ask_host(msg) -> the host's one-line answer, parsed
+        self.read_frame, self.send = read_frame, send  # the host's frames in, JSON lines out
+        self.pushed = False  # the current job's test code waits in the host pipe, unread
         self.pid1 = os.getpid() == 1
         self.jobs = 0
         self.check_end = float("inf")  # monotonic end of the whole-check budget (SandboxConfig.check_timeout)
@@ -202,11 +205,22 @@ class Server:
         budget = job["limits"].get("check_timeout")
         self.check_end = time.monotonic() + budget if budget else float("inf")
         test_dir = self.make_workdir(self.cfg["test_uid"])
+        self.pushed = True
         try:
             return self._run_inprocess(job, workdir, test_dir, n, timeout, results)
         finally:
             self.check_end = float("inf")
             self.remove_workdir(test_dir)
+            if self.pushed:  # never used: drop it unparsed, or it would be read as the next job
+                self.read_frame(parse=False)
+                self.pushed = False
+
+    def fetch_tests(self, start):
+        """The job's test code: the frame the host sent after the job, or a fresh one on request."""
+        if not self.pushed:
+            self.send({"tests": start})
+        self.pushed = False
+        return self.read_frame()
 
     def _run_inprocess(self, job, workdir, test_dir, n, timeout, results):
         start = 0
@@ -268,7 +282,7 @@ class Server:
                           {0: devnull, 1: devnull, 2: devnull, 3: to_prog_r, 4: to_test_w}, self.cfg["uid"])
         os.close(to_prog_r)
         os.close(to_test_w)
-        tests = self.ask_host({"tests": start})
+        tests = self.fetch_tests(start)
         body = lambda report: child_tests(job, tests, start, report, Channel(3, 4))  # noqa: E731
         test, r, nonce = self.spawn_reporting(job, test_dir, body, {0: devnull, 1: devnull, 2: devnull, 3: to_test_r,
                                                                       4: to_prog_w}, self.cfg["test_uid"], -500, False)
@@ -331,6 +345,20 @@ class Server:
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_exact(fd, n):
+    """Exactly ``n`` bytes from ``fd`` (b"" at end of input), never more: what follows stays in the pipe."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            if chunks:
+                raise EOFError("the host closed the pipe inside a frame")
+            return b""
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
 
 
 def _uid_of(pid):
@@ -424,7 +452,7 @@ def main():
     gc.collect()
     gc.freeze()  # children's GC never walks (and copy-on-write faults) the server's warm heap
     server = Server(cfg)
-    host_in = os.fdopen(os.dup(0), "rb")
+    host_in = os.dup(0)
     host_out = os.fdopen(os.dup(1), "wb")
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
@@ -434,14 +462,17 @@ def main():
         host_out.write(json.dumps(obj).encode() + b"\n")
         host_out.flush()
 
-    def ask_host(msg):
-        send(msg)
-        return json.loads(host_in.readline())
+    def read_frame(parse=True):
+        head = _read_exact(host_in, 12)
+        data = _read_exact(host_in, int(head)) if head else b""
+        return json.loads(data) if parse and data else None
 
-    server.ask_host = ask_host
+    server.read_frame, server.send = read_frame, send
     send({"ready": True, "pid1": server.pid1, "uid": cfg["uid"], "chroot": cfg["chroot"]})
-    for line in host_in:
-        job = json.loads(line)
+    while True:
+        job = read_frame()
+        if job is None:
+            break
         try:
             send(server.run_job(job))
         except Exception as e:  # a server bug must not look like a program result

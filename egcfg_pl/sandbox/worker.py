@@ -108,8 +108,10 @@ class Worker:
         """Send a job, answer the server's requests for its test code, wait for its result. None (and a
         restarted server) when the server broke.
 
-        ``tests`` (assert/call jobs) is the test code: the server asks for it (``{"tests": i}``) each
-        time it starts a test process, so it never holds test code while forking a program's process.
+        ``tests`` (assert/call jobs) is the test code: sent right after the job (the server reads it
+        once it forked the program's process) and again whenever the server asks (``{"tests": i}``,
+        when it starts a test process again after a timeout), so the server never holds test code
+        while it forks a program's process.
         ``result["oom_killed"]`` is True when the kernel OOM-killed a process of this job (cgroup limit).
         """
         assert self.proc is not None and self.proc.stdin is not None
@@ -119,6 +121,8 @@ class Worker:
         deadline = time.monotonic() + budget
         try:
             self._send(job)
+            if tests is not None:
+                self._send(tests)  # read by the server once it forked the program's process
             result = self._read_line(deadline)
             while result is not None and "tests" in result and tests is not None:
                 self._send(tests)
@@ -132,8 +136,10 @@ class Worker:
         return result
 
     def _send(self, obj: dict[str, Any]) -> None:
+        """One length-prefixed frame (the server reads exactly its bytes, see ``server.py``)."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+        data = json.dumps(obj).encode()
+        self.proc.stdin.write(b"%011d\n" % len(data) + data)
         self.proc.stdin.flush()
 
     def restart(self) -> None:
