@@ -318,3 +318,9 @@ def test_memory_bomb_during_a_call_is_a_memory_verdict(executor):
     # the test process makes: MEMORY either way, and the next test still runs
     prog = "def add(a, b):\n    if a == 1:\n        xs = [bytearray(2**24) for _ in range(10**4)]\n    return a + b\n"
     check(executor, problem("assert candidate(1, 2) == 3", "assert candidate(2, 2) == 4"), prog, [M, P])
+
+
+def test_huge_reply_is_capped(executor):
+    # a reply above max_output_bytes never reaches the test process's memory: no verdict for that test
+    prog = "def add(a, b):\n    return 'x' * (50 * 2**20) if a == 1 else a + b\n"
+    check(executor, problem("assert candidate(1, 2) == 3", "assert candidate(2, 2) == 4"), prog, [K, P])

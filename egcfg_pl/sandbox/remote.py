@@ -25,8 +25,6 @@ import types
 
 from egcfg_pl.sandbox.values import Opaque, decode_value, encode_value  # inlined
 
-_REPLY_LIMIT = 1 << 20
-
 
 class ProgramLost(BaseException):
     """The program's process died, hung up or broke the protocol: no verdict for this test."""
@@ -124,9 +122,10 @@ def _write_all(fd, data):
 class Channel:
     """The test process's end of the pipe: one request, one reply line."""
 
-    def __init__(self, rfd, wfd):
+    def __init__(self, rfd, wfd, limit):
         self.reader = os.fdopen(rfd, "rb")
         self.wfd = wfd
+        self.limit = limit  # bytes per reply (SandboxConfig.max_output_bytes); more ends the run
         self.lost = ""  # why the program can no longer answer ("" while it can)
         self.handles = 0  # non-plain values the program answered with (each stayed in the program)
 
@@ -158,9 +157,9 @@ class Channel:
             raise ProgramError(f"unreadable value from the program ({type(e).__name__})") from None
 
     def _read(self):
-        line = self.reader.readline(_REPLY_LIMIT + 2)
+        line = self.reader.readline(self.limit + 2)
         if not line.endswith(b"\n"):
-            self._lose("the program's process exited" if len(line) <= _REPLY_LIMIT else "reply too large")
+            self._lose("the program's process exited" if len(line) <= self.limit else "reply too large")
         try:
             reply = json.loads(line)
         except ValueError:

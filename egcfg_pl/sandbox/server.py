@@ -283,7 +283,7 @@ class Server:
         os.close(to_prog_r)
         os.close(to_test_w)
         tests = self.fetch_tests(start)
-        body = lambda report: child_tests(job, tests, start, report, Channel(3, 4))  # noqa: E731
+        body = lambda report: child_tests(job, tests, start, report, Channel(3, 4, job["limits"]["max_output"] + 4096))  # noqa: E731
         test, r, nonce = self.spawn_reporting(job, test_dir, body, {0: devnull, 1: devnull, 2: devnull, 3: to_test_r,
                                                                       4: to_prog_w}, self.cfg["test_uid"], -500, False)
         del tests, body  # the next program's process must not be forked while test code is held here
