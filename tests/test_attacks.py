@@ -17,6 +17,7 @@ import pytest
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import Executor, SandboxConfig, Status
 from egcfg_pl.sandbox.layers import namespaces_available
+from egcfg_pl.sandbox.worker import TEST_UID_OFFSET
 
 pytestmark = pytest.mark.skipif(
     not (namespaces_available() and os.geteuid() == 0), reason="attack suite needs root + Linux namespaces"
@@ -69,8 +70,8 @@ def _remember_namespaces(executor: Executor) -> None:
 
 def _survivors() -> list[str]:
     """Host processes left by an attack: the marker in the cmdline, or anything besides the fork
-    server itself inside one of our sandboxes' pid namespaces (other executors on the machine may use
-    the same uids, so uids alone would not tell)."""
+    server and its test process (a test uid) inside one of our sandboxes' pid namespaces (other
+    executors on the machine may use the same uids, so uids alone would not tell)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -80,7 +81,7 @@ def _survivors() -> list[str]:
                        if line.startswith("Uid:"))
         except (OSError, StopIteration):
             continue
-        if MARK in cmd or (ns in _NAMESPACES and uid != "0"):
+        if MARK in cmd or (ns in _NAMESPACES and uid != "0" and int(uid) < CONFIG.base_uid + TEST_UID_OFFSET):
             found.append(f"{pid} uid={uid} {cmd[:80]}")
     return found
 

@@ -304,3 +304,15 @@ def test_program_exceptions_cross_by_builtin_type(ex):
     prob = Problem("t/exc", "custom", "test", "e", tuple(TestCase("assert", code=t) for t in tests), entry_point="f")
     v = ex.run(prob, prog)
     assert [r.status for r in v.results] == [Status.PASSED, Status.ERROR, Status.PASSED], v
+
+
+@needs_sandbox
+def test_a_test_that_hangs_on_its_own_is_a_timeout_and_the_next_test_runs():
+    """The test process itself runs away (no call into the program): it is replaced, fetches the test code
+    again from the host, and the next test still runs (also across jobs on the same worker)."""
+    prob = add_problem("while True:\n    pass", "assert candidate(1, 2) == 3", "assert abs(candidate(2, 2) - 4) < 1e-9")
+    with Executor(timeout=0.5, workers=1) as one:
+        v = one.run(prob, "def add(a, b):\n    return a + b\n")
+        assert [r.status for r in v.results] == [Status.TIMEOUT, Status.PASSED, Status.PASSED], v
+        assert one.run(add_problem(), "def add(a, b):\n    return a + b\n").all_passed
+        assert one.run(add_problem(), "def add(a, b):\n    return a - b\n").passed == 1

@@ -13,6 +13,7 @@ import builtins
 import fcntl
 import json
 import os
+import random
 import resource
 import signal
 import sys
@@ -68,8 +69,6 @@ def _enter_child(job, fds, workdir, uid, oom_score=0, audit=True):
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", closefd=False, errors="replace")
     sys.argv = ["program"]
     sys.modules["__main__"] = type(sys)("__main__")  # the server module is not importable by name
-    import random
-
     random.seed()
     sys.setrecursionlimit(1000)
     if audit:
@@ -199,13 +198,68 @@ def _say(fd, msg):
         data = data[os.write(fd, data):]
 
 
-# -- the tests' child (trusted: never runs model code) ------------------------------------------------------
+# -- the test process (trusted: never runs model code) ------------------------------------------------------
+def tester_main(ctrl_fd, host_fd, report):
+    """The worker's long-lived test process: one round per control message, which brings the two pipe
+    ends to the program's process of that round. It reads the job's test code itself, straight from the
+    host's pipe (exact-size reads), so the server never holds it; every report line carries the round."""
+    import socket
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    tests = None
+    while True:
+        data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 2)
+        if not data:
+            return
+        msg = json.loads(data)
+        if msg["read"]:
+            tests = None
+            tests = json.loads(read_frame(host_fd))
+        tagged = _tagged(report, msg["round"])
+        random.seed()  # as a fresh process would be: test code may have seeded it
+        sys.setrecursionlimit(1000)
+        channel = Channel(fds[0], fds[1], msg["limit"])
+        try:
+            child_tests(tests, msg["start"], tagged, channel)
+        finally:
+            channel.close()
+        tagged(t="idle")
+
+
+def _tagged(report, round_):
+    def tagged(*msgs, **msg):
+        report(*[dict(m, r=round_) for m in (msgs or (msg,))])
+
+    return tagged
+
+
+def read_frame(fd):
+    """One length-prefixed frame (``worker.Worker._send``) from ``fd``; b"" at end of input."""
+    head = read_exact(fd, 12)
+    return read_exact(fd, int(head)) if head else b""
+
+
+def read_exact(fd, n):
+    """Exactly ``n`` bytes from ``fd`` (b"" at end of input), never more: what follows stays in the pipe."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            if chunks:
+                raise EOFError("the host closed the pipe inside a frame")
+            return b""
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+
 _FAIL_STATUSES = ("syntax_error", "error", "memory")
 
 
-def child_tests(job, tests, start, report, channel):
+def child_tests(tests, start, report, channel):
     """Run ``tests["tests"][start:]`` with the program's names as ``Remote`` proxies; report each."""
-    ns = _test_namespace(job, tests, channel, report)
+    ns = _test_namespace(tests, channel, report)
     if ns is None:
         return
     n = len(tests["tests"])
@@ -219,7 +273,7 @@ def child_tests(job, tests, start, report, channel):
         report(end, {"t": "start", "i": i + 1} if i + 1 < n else {"t": "done"})
 
 
-def _test_namespace(job, tests, channel, report):
+def _test_namespace(tests, channel, report):
     """The test code's globals: the program's names as proxies, then the problem's helpers and setup."""
     try:
         hello = channel.hello()

@@ -129,6 +129,10 @@ class Channel:
         self.lost = ""  # why the program can no longer answer ("" while it can)
         self.handles = 0  # non-plain values the program answered with (each stayed in the program)
 
+    def close(self):
+        self.reader.close()
+        os.close(self.wfd)
+
     def hello(self):
         """The program's first line: ``("ready", [(name, value), ...])`` with its values of the names asked
         for, or ``("fail", status, detail)`` when it could not run."""

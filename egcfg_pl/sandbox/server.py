@@ -1,68 +1,81 @@
-"""The fork server: a pre-warmed interpreter inside the isolation that forks the children of each run.
+"""The fork server: a pre-warmed interpreter inside the isolation that forks the processes of each run.
 
 Inside the sandbox this runs as ``python -I -c <source>``, where the source is ``values.py`` +
 ``remote.py`` + ``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked
 ``# inlined`` are dropped). Protocol with the host: jobs come on stdin as length-prefixed JSON frames
 (read with exact-size ``os.read``: nothing beyond the frame is ever read into the server), results go
 out as one JSON line each on stdout. An assert/call job is followed by a second frame, its test code,
-which the server reads only after it forked the program's process; each later start of a test process
-asks for the test code again (``{"tests": i}``, answered by a frame), so the server never holds test
-code while it forks a program's process.
+which the server never reads: the test process reads it from the same pipe (it holds a copy of the
+descriptor) when the server hands it the job's first round; a new test process asks the host for it
+again (``{"tests": i}``, answered by a frame). So the server never holds test code while it forks a
+program's process.
 
-The server is pid 1 of its own pid namespace (when namespaces are on). An assert/call run has two
-children: the program's (uid ``uid``, fresh work dir) and, forked after it, the tests' (uid
-``test_uid``, its own work dir), joined by two pipes (``remote.py``). The tests' child reports
-``start i`` / ``end i`` lines prefixed with a per-run random nonce; the server times each test with its
-own clock, kills both on timeout and starts both again from the next test. After every run every other
-process in the namespace is SIGKILLed (``kill(-1)`` from pid 1), all are reaped, and the work dirs are
-removed.
+The server is pid 1 of its own pid namespace (when namespaces are on). Each assert/call run (round)
+forks the program's process (uid ``uid``, fresh work dir) and hands the worker's long-lived test process
+(uid ``test_uid``, forked once, ``harness.tester_main``) the ends of two pipes to it over a control
+socket (``remote.py`` speaks on them). The test process reports ``start i`` / ``end i`` lines prefixed
+with its random nonce and tagged with the round; the server times each test with its own clock, kills
+the program on a timeout and starts a new round from the next test. After every run every process of
+the program's uid is SIGKILLed and reaped (pid 1 adopts orphans), and the work dir is removed.
 """
 
 import json
 import os
+import resource
 import secrets
 import select
 import signal
+import socket
 import sys
 import time
 
 from egcfg_pl.sandbox.harness import _devnull, _enter_child, _make_reporter, _set_oom_score  # inlined
-from egcfg_pl.sandbox.harness import child_program, child_stdio, child_tests, load_libc  # inlined
-from egcfg_pl.sandbox.remote import Channel  # inlined
+from egcfg_pl.sandbox.harness import child_program, child_stdio, load_libc, read_exact, tester_main  # inlined
 from egcfg_pl.sandbox.rootfs import setup_root  # inlined
+
+TESTER_ROUNDS = 1000  # rounds one test process serves before it is replaced
+
 
 class Server:
     def __init__(self, cfg, read_frame=None, send=None):
         self.cfg = cfg
         self.read_frame, self.send = read_frame, send  # the host's frames in, JSON lines out
+        self.host_fd = None  # the host's pipe, which the test process reads test code from
         self.pushed = False  # the current job's test code waits in the host pipe, unread
+        self.tester = None  # the worker's test process (``Tester``), started at the first assert/call job
         self.pid1 = os.getpid() == 1
-        self.jobs = 0
+        self.jobs = 0  # work directories made
+        self.job_seq = 0  # jobs run
         self.check_end = float("inf")  # monotonic end of the whole-check budget (SandboxConfig.check_timeout)
         self.exits = {}  # pid -> wait status of the children reaped during the current run
 
     # -- process hygiene ---------------------------------------------------------------------
     def kill_all(self, pgids):
-        """SIGKILL every process the run may have left, then reap them."""
-        if self.pid1:
+        """SIGKILL every process the program may have left (all of its uid), then reap them. The test
+        process (another uid) lives on; without a uid drop only ``kill(-1)`` from pid 1 reaches them all,
+        the test process included."""
+        for pgid in pgids:  # each is also the pid of our child that leads the group
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.exits[pgid] = os.waitpid(pgid, 0)[1]
+            except ChildProcessError:
+                pass
+        if self.cfg["uid"] is not None:
+            self._kill_uid(self.cfg["uid"])
+        elif self.pid1:
             try:
                 os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        else:
-            for pgid in pgids:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            for uid in (self.cfg["uid"], self.cfg["test_uid"]):
-                if uid is not None:
-                    self._kill_uid(uid)
+            self.stop_tester()
         self.reap()
 
     def _kill_uid(self, uid):
-        for _ in range(50):
-            self.reap()  # zombies of our own children still show their uid
+        for attempt in range(200):
+            self.reap()  # zombies of our children (orphans are ours too, as pid 1) still show their uid
             pids = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
             if not pids:
                 return
@@ -71,11 +84,13 @@ class Server:
                     os.kill(int(p), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            if attempt:
+                time.sleep(0.0002 * attempt)  # let the killed ones finish dying
 
     def reap(self):
         while True:
             try:
-                pid, wstatus = os.waitpid(-1, os.WNOHANG if not self.pid1 else 0)
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -186,6 +201,7 @@ class Server:
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job):
         self.job = job
+        self.job_seq += 1
         job["env"] = self.cfg["env"]
         workdir = self.make_workdir(self.cfg["uid"])
         t0 = time.perf_counter()
@@ -204,25 +220,16 @@ class Server:
         results = [None] * n
         budget = job["limits"].get("check_timeout")
         self.check_end = time.monotonic() + budget if budget else float("inf")
-        test_dir = self.make_workdir(self.cfg["test_uid"])
         self.pushed = True
         try:
-            return self._run_inprocess(job, workdir, test_dir, n, timeout, results)
+            return self._run_inprocess(job, workdir, n, timeout, results)
         finally:
             self.check_end = float("inf")
-            self.remove_workdir(test_dir)
-            if self.pushed:  # never used: drop it unparsed, or it would be read as the next job
+            if self.pushed:  # never read: drop it unparsed, or it would be read as the next job
                 self.read_frame(parse=False)
                 self.pushed = False
 
-    def fetch_tests(self, start):
-        """The job's test code: the frame the host sent after the job, or a fresh one on request."""
-        if not self.pushed:
-            self.send({"tests": start})
-        self.pushed = False
-        return self.read_frame()
-
-    def _run_inprocess(self, job, workdir, test_dir, n, timeout, results):
+    def _run_inprocess(self, job, workdir, n, timeout, results):
         start = 0
         while start < n:
             if time.monotonic() >= self.check_end:
@@ -245,10 +252,13 @@ class Server:
                     state["fail"] = msg
                 return None
 
-            pids, r, nonce = self.spawn_pair(job, start, workdir, test_dir)
+            program = self.spawn_round(job, start, workdir)
             self.exits = {}
-            (outcome, wstatus), _ = self.watch(pids[1], r, nonce, timeout, on_msg, pgids=pids)
-            _name_the_death(results, start, state["fail"], self.exits.get(pids[0]))
+            outcome, wstatus = self.watch_round(timeout, on_msg)
+            self.kill_all((program,))
+            if outcome != "idle":
+                self.settle_tester()
+            _name_the_death(results, start, state["fail"], self.exits.get(program))
             cur = state["cur"]
             if state["fail"] is not None and cur is None:
                 msg = state["fail"]
@@ -257,7 +267,7 @@ class Server:
                 start = state["again"]
                 continue
             if cur is None:
-                # died or timed out between tests, or before the first one: no trusted verdict for the rest
+                # no verdict for the rest (the test process died, or a timeout before the first test)
                 todo = [i for i in range(start, n) if results[i] is None]
                 if not todo:
                     break
@@ -272,24 +282,110 @@ class Server:
             start = cur + 1
         return results
 
-    def spawn_pair(self, job, start, workdir, test_dir):
-        """The program's child first (the server holds no test code yet), then the tests' child, which
-        gets the test code from the host; returns ((program pid, tests pid), report read end, nonce)."""
+    # -- the test process ------------------------------------------------------------------------
+    def spawn_round(self, job, start, workdir):
+        """Fork the program's process (the server holds no test code), then hand the test process the
+        two pipe ends of this round; returns the program's pid."""
         devnull = _devnull()
         to_prog_r, to_prog_w = os.pipe()
         to_test_r, to_test_w = os.pipe()
-        prog = self.spawn(job, workdir, lambda: child_program(job, 3, 4),
-                          {0: devnull, 1: devnull, 2: devnull, 3: to_prog_r, 4: to_test_w}, self.cfg["uid"])
+        program = self.spawn(job, workdir, lambda: child_program(job, 3, 4),
+                             {0: devnull, 1: devnull, 2: devnull, 3: to_prog_r, 4: to_test_w}, self.cfg["uid"])
         os.close(to_prog_r)
         os.close(to_test_w)
-        tests = self.fetch_tests(start)
-        body = lambda report: child_tests(job, tests, start, report, Channel(3, 4, job["limits"]["max_output"] + 4096))  # noqa: E731
-        test, r, nonce = self.spawn_reporting(job, test_dir, body, {0: devnull, 1: devnull, 2: devnull, 3: to_test_r,
-                                                                      4: to_prog_w}, self.cfg["test_uid"], -500, False)
-        del tests, body  # the next program's process must not be forked while test code is held here
+        if self.tester is not None and self.tester.round >= TESTER_ROUNDS:
+            self.stop_tester()  # a fresh one now and then: nothing piles up in a long-lived process
+        if self.tester is None:
+            self.start_tester(job)
+        tester = self.tester
+        read = tester.job != self.job_seq  # it does not hold this job's test code yet
+        if read and not self.pushed:  # the test process was restarted: the host sends the test code again
+            self.send({"tests": start})
+        self.pushed = False
+        tester.job, tester.round = self.job_seq, tester.round + 1
+        msg = {"start": start, "read": read, "round": tester.round, "limit": job["limits"]["max_output"] + 4096}
+        socket.send_fds(tester.ctrl, [json.dumps(msg).encode()], [to_test_r, to_prog_w])
         os.close(to_test_r)
         os.close(to_prog_w)
-        return (prog, test), r, nonce
+        return program
+
+    def start_tester(self, job):
+        """Fork the test process (trusted, uid ``test_uid``, no CPU-seconds limit: it lives across runs)."""
+        ctrl, theirs = socket.socketpair()
+        r, w = os.pipe()
+        nonce = secrets.token_hex(16)
+        fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
+        workdir = self.make_workdir(self.cfg["test_uid"])
+        tjob = dict(job, limits=dict(job["limits"], cpu_s=resource.RLIM_INFINITY))
+        devnull = _devnull()
+        fds = {0: devnull, 1: devnull, 2: devnull, 3: theirs.fileno(), 4: self.host_fd, fd: w}
+        pid = self.spawn(tjob, workdir, lambda: tester_main(3, 4, _make_reporter(fd, nonce)), fds,
+                         self.cfg["test_uid"], -500, False)
+        theirs.close()
+        os.close(w)
+        self.tester = Tester(pid, ctrl, r, nonce, workdir)
+
+    def stop_tester(self):
+        tester, self.tester = self.tester, None
+        if tester is None:
+            return
+        try:
+            os.kill(tester.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            _, wstatus = os.waitpid(tester.pid, 0)
+            self.exits[tester.pid] = wstatus
+        except ChildProcessError:
+            pass
+        tester.ctrl.close()
+        os.close(tester.r)
+        self.remove_workdir(tester.workdir)
+
+    def watch_round(self, timeout, on_msg):
+        """Pump the test process's reports of the current round until it is idle again, it dies, or a
+        deadline passes: ("idle", None) | ("exit", wait status) | ("timeout", None) | ("flood", None)."""
+        tester = self.tester
+        limit = self.job["limits"]["max_output"] + 4096
+        deadline = time.monotonic() + timeout
+        while True:
+            left = min(deadline, self.check_end) - time.monotonic()
+            if left <= 0:
+                return "timeout", None
+            if not select.select([tester.r], [], [], left)[0]:
+                continue
+            chunk = os.read(tester.r, 65536)
+            if not chunk:
+                self.stop_tester()
+                return "exit", self.exits.get(tester.pid)
+            *lines, tester.buf = (tester.buf + chunk).split(b"\n")
+            if len(tester.buf) > limit:
+                self.stop_tester()
+                return "flood", None
+            for line in lines:
+                msg = _authentic(line, tester.nonce)
+                if msg is None or msg.get("r") != tester.round:
+                    continue
+                if msg.get("t") == "idle":
+                    return "idle", None
+                new = on_msg(msg)
+                if new is not None:
+                    deadline = time.monotonic() + new
+
+    def settle_tester(self, grace=1.0):
+        """After a timeout the program is gone, so the test process should finish its round at once
+        (every call fails); one that does not is running away on its own and is replaced."""
+        if self.tester is not None and self.watch_round_idle(grace) is False:
+            self.stop_tester()
+
+    def watch_round_idle(self, grace):
+        end = self.check_end
+        self.check_end = float("inf")
+        try:
+            outcome, _ = self.watch_round(grace, lambda msg: None)
+        finally:
+            self.check_end = end
+        return outcome == "idle"
 
     def _budget_detail(self):
         return f"whole-check budget of {self.job['limits']['check_timeout']:g} s spent"
@@ -347,18 +443,14 @@ class Server:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _read_exact(fd, n):
-    """Exactly ``n`` bytes from ``fd`` (b"" at end of input), never more: what follows stays in the pipe."""
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            if chunks:
-                raise EOFError("the host closed the pipe inside a frame")
-            return b""
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+class Tester:
+    """The worker's test process and the server's ends of its pipes."""
+
+    def __init__(self, pid, ctrl, r, nonce, workdir):
+        self.pid, self.ctrl, self.r, self.nonce, self.workdir = pid, ctrl, r, nonce, workdir
+        self.buf = b""
+        self.job = None  # the job whose test code it holds
+        self.round = 0
 
 
 def _uid_of(pid):
@@ -463,11 +555,11 @@ def main():
         host_out.flush()
 
     def read_frame(parse=True):
-        head = _read_exact(host_in, 12)
-        data = _read_exact(host_in, int(head)) if head else b""
+        head = read_exact(host_in, 12)
+        data = read_exact(host_in, int(head)) if head else b""
         return json.loads(data) if parse and data else None
 
-    server.read_frame, server.send = read_frame, send
+    server.read_frame, server.send, server.host_fd = read_frame, send, host_in
     send({"ready": True, "pid1": server.pid1, "uid": cfg["uid"], "chroot": cfg["chroot"]})
     while True:
         job = read_frame()
