@@ -295,16 +295,23 @@ class Server:
         os.close(to_test_w)
         if self.tester is not None and self.tester.round >= TESTER_ROUNDS:
             self.stop_tester()  # a fresh one now and then: nothing piles up in a long-lived process
-        if self.tester is None:
-            self.start_tester(job)
-        tester = self.tester
-        read = tester.job != self.job_seq  # it does not hold this job's test code yet
-        if read and not self.pushed:  # the test process was restarted: the host sends the test code again
+        for _ in range(2):  # a test process that died while idle is replaced once
+            if self.tester is None:
+                self.start_tester(job)
+            tester = self.tester
+            read = tester.job != self.job_seq  # it does not hold this job's test code yet
+            msg = {"start": start, "read": read, "round": tester.round + 1,
+                   "limit": job["limits"]["max_output"] + 4096}
+            try:
+                socket.send_fds(tester.ctrl, [json.dumps(msg).encode()], [to_test_r, to_prog_w])
+                break
+            except OSError:
+                self.stop_tester()
+        if read and not self.pushed:  # a new test process: the host sends the test code again
             self.send({"tests": start})
-        self.pushed = False
+        if read:
+            self.pushed = False
         tester.job, tester.round = self.job_seq, tester.round + 1
-        msg = {"start": start, "read": read, "round": tester.round, "limit": job["limits"]["max_output"] + 4096}
-        socket.send_fds(tester.ctrl, [json.dumps(msg).encode()], [to_test_r, to_prog_w])
         os.close(to_test_r)
         os.close(to_prog_w)
         return program
