@@ -316,3 +316,19 @@ def test_a_test_that_hangs_on_its_own_is_a_timeout_and_the_next_test_runs():
         assert [r.status for r in v.results] == [Status.TIMEOUT, Status.PASSED, Status.PASSED], v
         assert one.run(add_problem(), "def add(a, b):\n    return a + b\n").all_passed
         assert one.run(add_problem(), "def add(a, b):\n    return a - b\n").passed == 1
+
+
+def test_trusted_test_code_takes_helpers_from_the_prompt():
+    """HumanEval/38's check uses `encode_cyclic` from the dataset's prompt, never the program's copy; the
+    names the test process takes from the program are the ones the tests read but do not define."""
+    from egcfg_pl.sandbox.testcode import program_names, prompt_helpers, setup_imports
+
+    prompt = ("import math\n\ndef encode_cyclic(s):\n    return s[::-1]\n\ndef decode_cyclic(s: str):\n"
+              '    """decode"""\n')
+    helpers = prompt_helpers(prompt, "decode_cyclic")
+    assert "def encode_cyclic" in helpers and "import math" in helpers and "decode_cyclic" not in helpers
+    check = "def check(candidate):\n    for x in ['ab']:\n        assert candidate(encode_cyclic(x)) == x\ncheck(decode_cyclic)"
+    assert program_names((helpers, check), "decode_cyclic") == ("decode_cyclic",)
+    assert program_names(("root = Node(1)", "assert depth(root) == abs(-1)"), "depth") == ("Node", "depth")
+    assert program_names(("assert max(1) == 1",), "max") == ("max",)  # an entry point shadowing a builtin
+    assert setup_imports("import math\nx = 1\nfrom re import sub") == "import math\nfrom re import sub"

@@ -90,6 +90,16 @@ def _inprocess_item(test: TestCase, index: int, wrapped: bool) -> tuple[dict[str
     return {"k": "assert", "code": test.code}, Check(index, "assert")
 
 
+def _trusted_code(problem: Problem, tests: list[TestCase]) -> tuple[str, tuple[str, ...]]:
+    """(setup the test process runs, names it takes from the program). Assert tests also get the
+    prompt's helpers and whatever names their code reads but does not define; call tests need neither."""
+    asserts = [t.code for t in tests if t.kind == "assert"]
+    if not asserts:
+        return problem.test_setup, ()
+    setup = "\n".join(filter(None, (prompt_helpers(problem.prompt, problem.entry_point), problem.test_setup)))
+    return setup, program_names((setup, *asserts), problem.entry_point)
+
+
 def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[Job]:
     """One job for the stdio tests and one for the in-process (assert/call) tests, as present."""
     wrapped = tuple(problem.meta.get("wrapped_expected", ()))
@@ -98,11 +108,7 @@ def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[Jo
     jobs = []
     if inproc:
         pairs = [_inprocess_item(t, i, i < len(wrapped) and bool(wrapped[i])) for i, t in inproc]
-        setup = problem.test_setup
-        if any(t.kind == "assert" for _, t in inproc):
-            setup = "\n".join(filter(None, (prompt_helpers(problem.prompt, problem.entry_point), setup)))
-        codes = (setup, *(t.code for _, t in inproc if t.kind == "assert"))
-        names = program_names(codes, problem.entry_point) if any(t.kind == "assert" for _, t in inproc) else ()
+        setup, names = _trusted_code(problem, [t for _, t in inproc])
         spec = {"kind": "inprocess", "name": "__solution__", "program": program,
                 "setup": setup_imports(problem.test_setup), "names": list(names), "n": len(pairs),
                 "limits": _limits(config, len(pairs))}
