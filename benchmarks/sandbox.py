@@ -137,7 +137,8 @@ def call_cost(executor: Executor, calls: int = 2000, repeats: int = 5) -> float:
     against the same test making none (best of ``repeats`` each, server-timed)."""
     def best(n: int) -> float:
         test = TestCase("assert", code=f"for i in range({n}):\n    assert candidate(i, [i]) == [i, i]")
-        problem = Problem("bench/calls", "custom", "test", "calls", (test,), entry_point="f", test_setup="candidate = f")
+        problem = Problem("bench/calls", "custom", "test", "calls", (test,), entry_point="f",
+                          test_setup="candidate = f")
         verdicts = executor.run_many([(problem, "def f(i, xs):\n    return [i, *xs]\n")] * repeats)
         assert all(v.all_passed for v in verdicts), verdicts[0]
         return min(v.results[0].seconds for v in verdicts)

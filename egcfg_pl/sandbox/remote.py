@@ -141,7 +141,8 @@ class Channel:
             status, detail = reply["fail"]
             return ("fail", str(status), str(detail)[:300])
         try:
-            return ("ready", [(str(name), value) for name, value in decode_value(reply["ready"], resolve=self._resolve)])
+            pairs = decode_value(reply["ready"], resolve=self._resolve)
+            return ("ready", [(str(name), value) for name, value in pairs])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             self._lose(f"malformed first line from the program ({type(e).__name__})")
 

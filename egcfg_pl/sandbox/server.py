@@ -122,7 +122,7 @@ class Server:
         os.close(w)
         return pid, r, nonce
 
-    def watch(self, pid, r, nonce, timeout, on_msg, stdout_r=None, stdin_w=None, stdin_data=b"", pgids=()):  # noqa: C901
+    def watch(self, pid, r, nonce, timeout, on_msg, stdout_r=None, stdin_w=None, stdin_data=b""):  # noqa: C901
         """Pump the child's report pipe (and stdio pipes) until it exits or a deadline passes.
 
         ``on_msg(msg)`` returns the new deadline length in seconds (or None to keep it).
@@ -192,7 +192,7 @@ class Server:
             result = ("exit", wstatus)
         else:
             result = (outcome, None)
-        self.kill_all(pgids or (pid,))
+        self.kill_all((pid,))
         os.close(r)
         if stdout_r is not None:
             os.close(stdout_r)
@@ -416,7 +416,8 @@ class Server:
 
         t0 = time.perf_counter()
         fds = {0: in_r, 1: out_w, 2: _devnull()}
-        pid, r, nonce = self.spawn_reporting(job, workdir, lambda report: child_stdio(job, report), fds, self.cfg["uid"])
+        body = lambda report: child_stdio(job, report)  # noqa: E731
+        pid, r, nonce = self.spawn_reporting(job, workdir, body, fds, self.cfg["uid"])
         os.close(in_r)
         os.close(out_w)
         data = job["tests"][i].encode("utf-8", "surrogateescape")
