@@ -325,3 +325,10 @@ def test_huge_reply_is_capped(executor):
     # a reply above max_output_bytes never reaches the test process's memory: no verdict for that test
     prog = "def add(a, b):\n    return 'x' * (50 * 2**20) if a == 1 else a + b\n"
     check(executor, problem("assert candidate(1, 2) == 3", "assert candidate(2, 2) == 4"), prog, [K, P])
+
+
+def test_dying_under_test_code_that_swallows_everything(executor):
+    # the test code catches every exception (ProgramLost included), so it ends "without failing": the
+    # program is gone all the same, so the test has no verdict and the next one gets a fresh program
+    prob = problem("try:\n    candidate(1, 2)\nexcept BaseException:\n    pass", "assert candidate(2, 2) == 4")
+    check(executor, prob, "import os\ndef add(a, b):\n    if a == 1:\n        os._exit(0)\n    return a + b\n", [K, P])

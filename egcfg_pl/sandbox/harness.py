@@ -253,7 +253,6 @@ def read_exact(fd, n):
     return b"".join(chunks)
 
 
-
 _FAIL_STATUSES = ("syntax_error", "error", "memory")
 
 
@@ -267,7 +266,7 @@ def child_tests(tests, start, report, channel):
     for i in range(start, n):
         status, detail, value = _run_test(tests["tests"][i], ns, channel)
         end = {"t": "end", "i": i, "status": status, "detail": detail, "value": value}
-        if channel.lost:  # the program is gone: the server starts both processes again from test i+1
+        if channel.lost:  # the program is gone: the server starts a new round from test i+1
             report(end, {"t": "again", "i": i + 1})
             return
         report(end, {"t": "start", "i": i + 1} if i + 1 < n else {"t": "done"})
@@ -300,6 +299,8 @@ def _run_test(test, ns, channel):
     says how many non-plain values the program answered with (they stay opaque: ``remote.py``)."""
     before = channel.handles
     status, detail, value = _run_test_code(test, ns, channel)
+    if channel.lost and status != "killed":  # test code that swallowed the loss still saw no program
+        status, detail, value = "killed", channel.lost, None
     handles = channel.handles - before
     if handles and status not in ("passed", "ok"):
         detail = f"{detail} [{handles} non-plain value(s) from the program stayed opaque]".strip()
