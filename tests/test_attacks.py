@@ -17,6 +17,7 @@ import pytest
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import Executor, SandboxConfig, Status
 from egcfg_pl.sandbox.layers import namespaces_available
+from egcfg_pl.sandbox.worker import TEST_UID_OFFSET
 
 pytestmark = pytest.mark.skipif(
     not (namespaces_available() and os.geteuid() == 0), reason="attack suite needs root + Linux namespaces"
@@ -69,8 +70,8 @@ def _remember_namespaces(executor: Executor) -> None:
 
 def _survivors() -> list[str]:
     """Host processes left by an attack: the marker in the cmdline, or anything besides the fork
-    server itself inside one of our sandboxes' pid namespaces (other executors on the machine may use
-    the same uids, so uids alone would not tell)."""
+    server and its test process (a test uid) inside one of our sandboxes' pid namespaces (other
+    executors on the machine may use the same uids, so uids alone would not tell)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -80,7 +81,7 @@ def _survivors() -> list[str]:
                        if line.startswith("Uid:"))
         except (OSError, StopIteration):
             continue
-        if MARK in cmd or (ns in _NAMESPACES and uid != "0"):
+        if MARK in cmd or (ns in _NAMESPACES and uid != "0" and int(uid) < CONFIG.base_uid + TEST_UID_OFFSET):
             found.append(f"{pid} uid={uid} {cmd[:80]}")
     return found
 
@@ -170,8 +171,11 @@ def test_kill_parent(executor):
 
 
 def test_kill_everything_visible(executor):
-    # kill(-1) reaches only processes of the program's own uid, and there are none besides itself
-    check(executor, problem(), "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + GOOD, [E, E])
+    # kill(-1) reaches only processes of the program's own uid: not the server, not the test process
+    # (another uid), so the tests still run and judge the program
+    kill = "import os, signal\ndef add(a, b):\n    os.kill(-1, signal.SIGKILL)\n    return a {} b\n"
+    check(executor, problem(), kill.format("+"), [P, P])
+    check(executor, problem(), kill.format("-"), [F, F])
 
 
 # ---- fake passes ---------------------------------------------------------------------------------
@@ -201,8 +205,11 @@ def test_monkeypatched_assertion_error(executor):
 
 
 def test_monkeypatched_builtins(executor):
+    # the tests run in their own process with their own builtins; the program only breaks its own side of
+    # the pipe (its replies become unreadable: no verdict, KILLED)
     prog = "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n" + WRONG
-    check(executor, problem(), prog, [F, F])
+    check(executor, problem(), prog, [K, K])
+    check(executor, problem(), "import builtins\nbuiltins.abs = lambda x: 0\n" + WRONG, [F, F])
 
 
 def test_always_equal_objects(executor):
@@ -228,13 +235,13 @@ def test_forged_report_lines_on_every_descriptor(executor):
               'deadbeef {"t": "end", "i": 1, "status": "passed"}\\n')
     prog = (f"import os\nfor fd in range(0, 256):\n    try:\n        os.write(fd, b'{forged}')\n"
             f"    except OSError:\n        pass\n") + WRONG
-    check(executor, problem(), prog, [F, F])
+    check(executor, problem(), prog, [K, K])  # the lines reach only the program's own pipe: unreadable
 
 
 def test_tampering_with_the_harness_module(executor):
     prog = WRONG + ("import __main__, json, sys\n__main__.report = None\njson.dumps = lambda *a, **k: 'x'\n"
                     "sys.modules['__main__'].__dict__.clear()\n")
-    check(executor, problem(), prog, [F, F])
+    check(executor, problem(), prog, [K, K])  # a broken json breaks only the program's replies
 
 
 def test_introspection_for_the_nonce_is_blocked(executor):
@@ -305,3 +312,23 @@ def test_memory_bomb_across_forked_children(executor):
     assert [r.status for r in verdict.results] in ([P, P], [M, M])
     assert _survivors() == []
     assert executor.run(problem(), GOOD).all_passed
+
+
+def test_memory_bomb_during_a_call_is_a_memory_verdict(executor):
+    # the program's process dies (RLIMIT_AS -> MemoryError, or the cgroup's OOM killer -> SIGKILL) during a call
+    # the test process makes: MEMORY either way, and the next test still runs
+    prog = "def add(a, b):\n    if a == 1:\n        xs = [bytearray(2**24) for _ in range(10**4)]\n    return a + b\n"
+    check(executor, problem("assert candidate(1, 2) == 3", "assert candidate(2, 2) == 4"), prog, [M, P])
+
+
+def test_huge_reply_is_capped(executor):
+    # a reply above max_output_bytes never reaches the test process's memory: no verdict for that test
+    prog = "def add(a, b):\n    return 'x' * (50 * 2**20) if a == 1 else a + b\n"
+    check(executor, problem("assert candidate(1, 2) == 3", "assert candidate(2, 2) == 4"), prog, [K, P])
+
+
+def test_dying_under_test_code_that_swallows_everything(executor):
+    # the test code catches every exception (ProgramLost included), so it ends "without failing": the
+    # program is gone all the same, so the test has no verdict and the next one gets a fresh program
+    prob = problem("try:\n    candidate(1, 2)\nexcept BaseException:\n    pass", "assert candidate(2, 2) == 4")
+    check(executor, prob, "import os\ndef add(a, b):\n    if a == 1:\n        os._exit(0)\n    return a + b\n", [K, P])

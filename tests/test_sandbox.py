@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -57,7 +59,7 @@ def test_value_and_call_matching():
 
 @pytest.mark.parametrize("value", [
     None, True, 0, -3, 10**40, 1.5, float("inf"), "é\u2603", b"\x00\xff", 2j, [1, (2, 3)], {1: "a", "b": [None]},
-    {1, 2}, frozenset({3}), (), [[[]]],
+    {1, 2}, frozenset({3}), (), [[[]]], Decimal("1.50"), Fraction(1, 3),
 ])
 def test_value_roundtrip(value):
     assert decode_value(encode_value(value)) == value
@@ -95,6 +97,8 @@ def test_config_validation():
         SandboxConfig(timeout=0)
     with pytest.raises(ValueError, match="workers"):
         SandboxConfig(workers=0)
+    with pytest.raises(ValueError, match="check_timeout"):
+        SandboxConfig(check_timeout=0)
 
 
 def test_process_isolation_is_refused_unless_allowed():
@@ -112,6 +116,27 @@ def test_process_isolation_runs_when_explicitly_allowed():
 
 
 # ---- executor semantics -------------------------------------------------------------------------
+
+
+PY_EQ_CASES = [  # (program's value, the literal in `assert candidate() == literal`)
+    ("np.int64(3)", "3"), ("np.int64(4)", "3"), ("np.bool_(True)", "True"), ("np.float32(0.5)", "0.5"),
+    ("np.array(3)", "3"), ("Decimal('3')", "3"), ("Decimal('0.1')", "0.1"), ("Fraction(6, 2)", "3"),
+    ("Fraction(1, 2)", "0.5"), ("{1: 2}.keys()", "{1}"), ("{1: 2}.items()", "{(1, 2)}"), ("{1: 2}.values()", "[2]"),
+]
+
+
+@needs_sandbox
+@pytest.mark.parametrize(("expr", "literal"), PY_EQ_CASES)
+def test_value_asserts_follow_python_equality(ex, expr, literal):
+    """`assert candidate() == literal` passes in the sandbox exactly when it passes in Python (numpy, Decimal,
+    Fraction, dict views); the expectation is Python's own answer, computed here."""
+    import numpy as np  # noqa: F401  (used by eval)
+
+    python_says = bool(eval(expr) == eval(literal))
+    prog = f"import numpy as np\nfrom decimal import Decimal\nfrom fractions import Fraction\ndef f():\n    return {expr}\n"
+    prob = Problem("t/eq", "custom", "test", "eq", (TestCase("assert", code=f"assert candidate() == {literal}"),),
+                   entry_point="f", test_setup="candidate = f")
+    assert ex.run(prob, prog).all_passed is python_says
 
 
 @needs_sandbox
@@ -147,6 +172,22 @@ def test_timeout_is_per_test_and_later_tests_still_run(ex):
     v = ex.run(prob, prog)
     assert [r.status for r in v.results] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
     assert 1.0 <= v.results[1].seconds < 2.0 and time.perf_counter() - start < 3.0
+
+
+@needs_sandbox
+def test_check_timeout_is_one_budget_for_the_whole_check():
+    """Official HumanEval/MBPP protocol: one budget for program + all asserts (issue 10 item 8). Five tests of
+    0.3 s each pass under a 1 s per-test timeout, but not within a 1 s budget for the whole check."""
+    prog = "import time\ndef add(a, b):\n    time.sleep(0.3)\n    return a + b\n"
+    prob = add_problem(*[f"assert candidate({k}, 1) == {k + 1}" for k in range(5)])
+    with Executor(timeout=1.0, workers=1) as per_test:
+        assert per_test.run(prob, prog).all_passed
+    with Executor(timeout=1.0, check_timeout=1.0, workers=1) as whole:
+        statuses = [r.status for r in whole.run(prob, prog).results]
+        assert statuses[0] is Status.PASSED and statuses[-2:] == [Status.TIMEOUT, Status.TIMEOUT]
+        assert statuses == sorted(statuses, key=lambda s: s is Status.TIMEOUT)  # passes, then timeouts
+        assert "whole-check budget" in whole.run(prob, prog).results[-1].detail
+        assert whole.run(prob, "def add(a, b):\n    return a + b\n").all_passed
 
 
 @needs_sandbox
@@ -222,3 +263,72 @@ def test_annotations_are_not_evaluated(ex):
     """LeetCode-style programs annotate with `List` without importing it (APPS call-based references)."""
     prob = Problem("t/lc", "custom", "test", "c", (TestCase("call", fn_name="first", args=([4, 5],), expected=4),))
     assert ex.run(prob, "class Solution:\n    def first(self, xs: List[int]) -> int:\n        return xs[0]\n").all_passed
+
+
+# ---- the test process: the program's names are proxies, values cross as plain data --------------------
+@needs_sandbox
+def test_tests_build_objects_of_program_classes(ex):
+    """MBPP-style tests that build trees / lists of the program's classes (mbpp/367, /601) and pass builtin
+    types (mbpp/533): the objects stay in the program; the tests hold handles and get plain answers."""
+    prog = ("class Node:\n    def __init__(self, v):\n        self.v, self.left = v, None\n"
+            "def depth(n):\n    return 0 if n is None else 1 + depth(n.left)\n"
+            "def total(nodes):\n    return sum(n.v for n in nodes)\n"
+            "def keep(xs, t):\n    return [x for x in xs if isinstance(x, t)]\n")
+    tests = ("assert depth(root) == 3", "assert total([Node(2), Node(5)]) == 7", "assert root.left.v == 2",
+             "assert keep((1, 'a', 2.5), int) == [1]", "assert len([n for n in [root]]) == 1")
+    prob = Problem("t/obj", "custom", "test", "o", tuple(TestCase("assert", code=t) for t in tests),
+                   entry_point="depth", test_setup="root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)")
+    assert ex.run(prob, prog).all_passed, ex.run(prob, prog)
+
+
+@needs_sandbox
+def test_non_plain_values_stay_opaque_and_are_counted(ex):
+    """The one rule: the program's non-plain values equal only themselves on the test side (an always-true
+    __eq__ is never asked), iteration and truth value are forwarded, and a failure says how many there were."""
+    prog = ("class Eq:\n    def __eq__(self, other):\n        return True\n    def __sub__(self, other):\n"
+            "        return 0\n    __hash__ = object.__hash__\n"
+            "def f(x):\n    return Eq()\n"
+            "def g(n):\n    return (i * i for i in range(n))\n")
+    tests = ("assert f(1) == 2", "assert abs(f(1) - 2) < 1e-6", "assert list(g(3)) == [0, 1, 4]", "assert g(3) == [0, 1, 4]",
+             "assert f(1)")
+    prob = Problem("t/opaque", "custom", "test", "o", tuple(TestCase("assert", code=t) for t in tests), entry_point="f")
+    v = ex.run(prob, prog)
+    assert [r.status for r in v.results] == [Status.FAILED, Status.ERROR, Status.PASSED, Status.FAILED, Status.PASSED]
+    assert v.results[0].detail == "got <opaque Eq>" and "1 non-plain value(s)" in v.results[1].detail
+
+
+@needs_sandbox
+def test_program_exceptions_cross_by_builtin_type(ex):
+    prog = "def f(x):\n    if x == 0:\n        raise ValueError('zero')\n    if x == 1:\n        raise SystemExit(0)\n    return x\n"
+    tests = ("try:\n    f(0)\n    ok = False\nexcept ValueError:\n    ok = True\nassert ok", "assert f(1) == 1", "assert f(2) == 2")
+    prob = Problem("t/exc", "custom", "test", "e", tuple(TestCase("assert", code=t) for t in tests), entry_point="f")
+    v = ex.run(prob, prog)
+    assert [r.status for r in v.results] == [Status.PASSED, Status.ERROR, Status.PASSED], v
+
+
+@needs_sandbox
+def test_a_test_that_hangs_on_its_own_is_a_timeout_and_the_next_test_runs():
+    """The test process itself runs away (no call into the program): it is replaced, fetches the test code
+    again from the host, and the next test still runs (also across jobs on the same worker)."""
+    prob = add_problem("while True:\n    pass", "assert candidate(1, 2) == 3", "assert abs(candidate(2, 2) - 4) < 1e-9")
+    with Executor(timeout=0.5, workers=1) as one:
+        v = one.run(prob, "def add(a, b):\n    return a + b\n")
+        assert [r.status for r in v.results] == [Status.TIMEOUT, Status.PASSED, Status.PASSED], v
+        assert one.run(add_problem(), "def add(a, b):\n    return a + b\n").all_passed
+        assert one.run(add_problem(), "def add(a, b):\n    return a - b\n").passed == 1
+
+
+def test_trusted_test_code_takes_helpers_from_the_prompt():
+    """HumanEval/38's check uses `encode_cyclic` from the dataset's prompt, never the program's copy; the
+    names the test process takes from the program are the ones the tests read but do not define."""
+    from egcfg_pl.sandbox.testcode import program_names, prompt_helpers, setup_imports
+
+    prompt = ("import math\n\ndef encode_cyclic(s):\n    return s[::-1]\n\ndef decode_cyclic(s: str):\n"
+              '    """decode"""\n')
+    helpers = prompt_helpers(prompt, "decode_cyclic")
+    assert "def encode_cyclic" in helpers and "import math" in helpers and "decode_cyclic" not in helpers
+    check = "def check(candidate):\n    for x in ['ab']:\n        assert candidate(encode_cyclic(x)) == x\ncheck(decode_cyclic)"
+    assert program_names((helpers, check), "decode_cyclic") == ("decode_cyclic",)
+    assert program_names(("root = Node(1)", "assert depth(root) == abs(-1)"), "depth") == ("Node", "depth")
+    assert program_names(("assert max(1) == 1",), "max") == ("max",)  # an entry point shadowing a builtin
+    assert setup_imports("import math\nx = 1\nfrom re import sub") == "import math\nfrom re import sub"

@@ -6,7 +6,8 @@
   or absolute), as APPS / CodeContests answers with decimals need. Integer tokens compare exactly.
 - values (call tests and ``assert f(x) == literal`` tests): the program's value crosses the sandbox
   boundary as plain data (``values.encode_value``), so an object with an always-true ``__eq__`` arrives
-  as an opaque marker equal to nothing; plain values then compare with Python's ``==``. For call tests
+  as an opaque marker equal to nothing; plain values then compare with Python's ``==`` (numpy scalars,
+  ``Decimal``, ``Fraction`` and dict views cross so that this gives what ``==`` gives on the original). For call tests
   a tuple equals the list with the same items (the APPS harness converts tuples to lists), and a test
   whose expected value the APPS loader unwrapped from a one-element list also accepts the wrapped form.
 """

@@ -85,14 +85,14 @@ class Executor:
         seconds = 0.0
         worker = self._acquire()
         try:
-            for job, checks in build_jobs(problem, program, self.config):
-                raw = worker.run(job)
+            for job in build_jobs(problem, program, self.config):
+                raw = worker.run(job.spec, job.tests)
                 if raw is None:
-                    for c in checks:
+                    for c in job.checks:
                         results[c.index] = TestResult(Status.KILLED, 0.0, "sandbox server lost; restarted")
                     continue
                 seconds += float(raw["seconds"])
-                for check, r in zip(checks, raw["results"]):
+                for check, r in zip(job.checks, raw["results"]):
                     results[check.index] = _oom(judge(check, r), raw["oom_killed"])
         finally:
             self._idle.put(worker)

@@ -1,19 +1,25 @@
-"""The child side of the fork server: enter the jail, run the program, report per-test results.
+"""The children of the fork server: enter the jail, then run the program, or run the tests.
 
-Everything here runs in the forked child. ``_enter_child`` orders the steps (session, descriptors,
-limits, uid drop, ``no_new_privs``, audit hook) so that nothing privileged is left when the program's
-first line runs. Results go to the server as nonce-prefixed JSON lines on a private pipe.
-Standard library only: part of the fork server's source (``worker.py``).
+Everything here runs in a forked child. ``_enter_child`` orders the steps (session, descriptors,
+limits, uid drop, ``no_new_privs``, audit hook) so that nothing privileged is left when the first line
+of dataset or model code runs. For assert/call tests there are two children per run: the program's
+(``child_program``: runs the program, then answers calls, ``remote.serve``) and the tests'
+(``child_tests``: the test code with ``Remote`` proxies for the program's names, under another uid;
+it reports per-test results to the server as nonce-prefixed JSON lines on a pipe the program never
+holds). Standard library only: part of the fork server's source (``worker.py``).
 """
 
 import builtins
+import fcntl
 import json
 import os
+import random
 import resource
 import signal
 import sys
 
-from egcfg_pl.sandbox.values import decode_value, encode_value  # inlined
+from egcfg_pl.sandbox.remote import Channel, ProgramLost, Remote, serve  # inlined
+from egcfg_pl.sandbox.values import encode_value  # inlined
 
 _BLOCKED_EVENTS = {
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
@@ -34,18 +40,13 @@ def _audit_hook(event, args):
             raise PermissionError(f"{path} is not available in the sandbox")
 
 
-def _enter_child(job, stdin_fd, stdout_fd, report_fd, workdir):
-    """New session, descriptors, limits, privileges, then the audit hook. Order matters."""
+def _enter_child(job, fds, workdir, uid, oom_score=0, audit=True):
+    """New session, descriptors (``fds``: target -> source, 0-2 included), limits, privileges, then the
+    audit hook. Order matters."""
     os.setsid()
-    os.dup2(stdin_fd, 0)
-    os.dup2(stdout_fd, 1)
-    os.dup2(_devnull(), 2)
-    fd = job["report_fd"]
-    os.dup2(report_fd, fd)
-    os.closerange(3, fd)
-    os.closerange(fd + 1, 65536)
+    _place_fds(fds)
     os.chdir(workdir)
-    _set_oom_score(0)  # the program, not the server, is what the OOM killer should pick
+    _set_oom_score(oom_score)  # the program, not the server or the tests, is what the OOM killer should pick
     os.environ.clear()
     os.environ.update(job["env"], HOME=workdir, TMPDIR=workdir)
     lim = job["limits"]
@@ -56,7 +57,6 @@ def _enter_child(job, stdin_fd, stdout_fd, report_fd, workdir):
         (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_NPROC, lim["nproc"]),
     ):
         resource.setrlimit(res, (val, val))
-    uid = job["uid"]
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -68,13 +68,25 @@ def _enter_child(job, stdin_fd, stdout_fd, report_fd, workdir):
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False, errors="replace")
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", closefd=False, errors="replace")
     sys.argv = ["program"]
-    sys.modules["__main__"] = type(sys)("__main__")  # the harness module is not importable by name
-    import random
-
+    sys.modules["__main__"] = type(sys)("__main__")  # the server module is not importable by name
     random.seed()
     sys.setrecursionlimit(1000)
-    sys.addaudithook(_audit_hook)
-    return fd
+    if audit:
+        sys.addaudithook(_audit_hook)
+
+
+def _place_fds(fds):
+    """Move each source descriptor to its target (via copies above 1000, so no source is overwritten
+    before it is moved) and close every other descriptor."""
+    high = {target: fcntl.fcntl(source, fcntl.F_DUPFD, 1000) for target, source in fds.items()}
+    for target, fd in high.items():
+        os.dup2(fd, target)
+    low = 0
+    for target in sorted(high):
+        if low < target:  # closerange(n, n) closes everything from n on (close_range(n, -1))
+            os.closerange(low, target)
+        low = target + 1
+    os.closerange(low, 65536)
 
 
 def _set_oom_score(value):
@@ -140,7 +152,8 @@ def _describe(exc):
 
 
 def _run_program(job, report):
-    """Compile and exec the program (+ the problem's test setup); None when it could not run."""
+    """Compile and exec the program (+ the import lines of the problem's test setup, which the official
+    harnesses run in the program's namespace); None when it could not run."""
     try:
         # PEP 563: annotations stay unevaluated, so LeetCode-style `def f(self, a: List[int])` runs
         # without `from typing import List` (LeetCode pre-imports it; the APPS harness adds a header)
@@ -168,16 +181,138 @@ def _run_program(job, report):
     return ns
 
 
-def _restore(ns, pristine):
-    """Undo monkeypatching of builtins by the program (the harness and the tests rely on them)."""
-    builtins.__dict__.clear()
-    builtins.__dict__.update(pristine)
-    ns["__builtins__"] = builtins
+# -- the program's child ---------------------------------------------------------------------------------
+def child_program(job, rfd, wfd):
+    """Run the program, say whether it is ready (with handles for the names the tests take from it), then
+    answer the test process's calls (``remote.serve``).
+    Nothing here can write a verdict: the report pipe was never in this process."""
+    ns = _run_program(job, lambda **msg: _say(wfd, {"fail": [msg["status"], msg["detail"]]}))
+    if ns is None:
+        return
+    serve(ns, job["names"], rfd, wfd)
 
 
-def _run_one(test, ns, pristine):
-    """Run one in-process test; returns (status, detail, encoded value or None)."""
-    _restore(ns, pristine)
+def _say(fd, msg):
+    data = (json.dumps(msg) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+# -- the test process (trusted: never runs model code) ------------------------------------------------------
+def tester_main(ctrl_fd, host_fd, report):
+    """The worker's long-lived test process: one round per control message, which brings the two pipe
+    ends to the program's process of that round. It reads the job's test code itself, straight from the
+    host's pipe (exact-size reads), so the server never holds it; every report line carries the round."""
+    import socket
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    tests = None
+    while True:
+        data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 2)
+        if not data:
+            return
+        msg = json.loads(data)
+        if msg["read"]:
+            tests = None
+            tests = json.loads(read_frame(host_fd))
+        tagged = _tagged(report, msg["round"])
+        random.seed()  # as a fresh process would be: test code may have seeded it
+        sys.setrecursionlimit(1000)
+        channel = Channel(fds[0], fds[1], msg["limit"])
+        try:
+            child_tests(tests, msg["start"], tagged, channel)
+        finally:
+            channel.close()
+        tagged(t="idle")
+
+
+def _tagged(report, round_):
+    def tagged(*msgs, **msg):
+        report(*[dict(m, r=round_) for m in (msgs or (msg,))])
+
+    return tagged
+
+
+def read_frame(fd):
+    """One length-prefixed frame (``worker.Worker._send``) from ``fd``; b"" at end of input."""
+    head = read_exact(fd, 12)
+    return read_exact(fd, int(head)) if head else b""
+
+
+def read_exact(fd, n):
+    """Exactly ``n`` bytes from ``fd`` (b"" at end of input), never more: what follows stays in the pipe."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            if chunks:
+                raise EOFError("the host closed the pipe inside a frame")
+            return b""
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+_FAIL_STATUSES = ("syntax_error", "error", "memory")
+
+
+def child_tests(tests, start, report, channel):
+    """Run ``tests["tests"][start:]`` with the program's names as ``Remote`` proxies; report each."""
+    ns = _test_namespace(tests, channel, report)
+    if ns is None:
+        return
+    n = len(tests["tests"])
+    report({"t": "ready"}, {"t": "start", "i": start})  # one write per test: end i + start i+1
+    for i in range(start, n):
+        status, detail, value = _run_test(tests["tests"][i], ns, channel)
+        end = {"t": "end", "i": i, "status": status, "detail": detail, "value": value}
+        if channel.lost:  # the program is gone: the server starts a new round from test i+1
+            report(end, {"t": "again", "i": i + 1})
+            return
+        report(end, {"t": "start", "i": i + 1} if i + 1 < n else {"t": "done"})
+
+
+def _test_namespace(tests, channel, report):
+    """The test code's globals: the program's names as proxies, then the problem's helpers and setup."""
+    try:
+        hello = channel.hello()
+        if hello[0] == "fail":
+            status = hello[1] if hello[1] in _FAIL_STATUSES else "error"
+            report(t="fail", status=status, detail=hello[2])
+            return None
+        ns = {"__name__": "__test__", "__builtins__": builtins}
+        ns.update(hello[1])
+        if tests["setup"]:
+            exec(compile(tests["setup"], "<test_setup>", "exec", dont_inherit=True), ns)
+        return ns
+    except ProgramLost as e:
+        report(t="fail", status="killed", detail=f"{e} before the tests ran")
+    except MemoryError:
+        report(t="fail", status="memory", detail="MemoryError")
+    except BaseException as e:
+        report(t="fail", status="error", detail=_describe(e))
+    return None
+
+
+def _run_test(test, ns, channel):
+    """Run one test in the test process; returns (status, detail, encoded value or None). A failure
+    says how many non-plain values the program answered with (they stay opaque: ``remote.py``)."""
+    before = channel.handles
+    status, detail, value = _run_test_code(test, ns, channel)
+    if channel.lost and status != "killed":  # test code that swallowed the loss still saw no program
+        status, detail, value = "killed", channel.lost, None
+    handles = channel.handles - before
+    if handles and status not in ("passed", "ok"):
+        detail = f"{detail} [{handles} non-plain value(s) from the program stayed opaque]".strip()
+    return status, detail, value
+
+
+def _opaque(v):
+    """How a value of the test process reaches the host when it is not plain data."""
+    return {"o": v._type if isinstance(v, Remote) else type(v).__name__}
+
+
+def _run_test_code(test, ns, channel):
     kind = test["k"]
     try:
         if kind == "assert":
@@ -186,32 +321,16 @@ def _run_one(test, ns, pristine):
         if kind == "value":
             value = eval(compile(test["expr"], "<test>", "eval", dont_inherit=True), ns)
         else:
-            fn = ns.get(test["fn"])
-            solution = ns.get("Solution")
-            if isinstance(solution, type):
-                fn = getattr(solution(), test["fn"])
-            args = decode_value(test["args"])
-            value = fn(*args)
-        return "ok", "", encode_value(value)
+            value = channel.ask("calltest", fn=test["fn"], args=test["args"])
+        return "ok", "", encode_value(value, other=_opaque)  # the program's objects stay opaque
+    except ProgramLost as e:
+        return "killed", str(e), None
     except MemoryError:
-        return "memory", "MemoryError", None  # no allocation while the failed frames still hold memory
+        return "memory", "MemoryError", None
     except BaseException as e:
+        if channel.lost:
+            return "killed", channel.lost, None
         return _status_of(e), _describe(e), None
-
-
-def child_inprocess(job, start, report):
-    pristine = dict(builtins.__dict__)
-    ns = _run_program(job, report)
-    if ns is None:
-        return
-    _restore(ns, pristine)
-    n = len(job["tests"])
-    report({"t": "ready"}, {"t": "start", "i": start})  # one write per test: end i + start i+1
-    for i in range(start, n):
-        status, detail, value = _run_one(job["tests"][i], ns, pristine)
-        _restore(ns, pristine)
-        end = {"t": "end", "i": i, "status": status, "detail": detail, "value": value}
-        report(end, {"t": "start", "i": i + 1} if i + 1 < n else {"t": "done"})
 
 
 def child_stdio(job, report):

@@ -1,9 +1,11 @@
 """Turning a (problem, program) pair into fork-server jobs, and raw results into a ``Verdict``.
 
-Expected answers never enter the sandbox for stdio and call tests, nor for assert tests of the form
-``assert <expr> == <literal>``: the sandbox only evaluates ``<expr>`` and returns its value as plain
-data, and the host compares (``compare.py``). Only other assert tests are judged inside the sandbox
-(passed = the test code raised nothing), by the harness in the forked child.
+No test code ever shares an interpreter with the program. stdio tests: the host compares stdout.
+Assert and call tests run in a trusted test process whose calls into the program cross a pipe as plain
+data (``remote.py``); expected answers of call tests and of asserts of the form ``assert <expr> ==
+<literal>`` never enter any sandbox process: the test process evaluates ``<expr>`` (or the call) and
+the host compares the value (``compare.py``). Other asserts (and HumanEval ``check`` functions kept
+whole) are judged in the test process: passed = the test code raised nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import compare
 from egcfg_pl.sandbox.config import SandboxConfig
+from egcfg_pl.sandbox.testcode import program_names, prompt_helpers, setup_imports
 from egcfg_pl.sandbox.values import decode_value, encode_value
 from egcfg_pl.sandbox.verdict import Status, TestResult
 
@@ -30,6 +33,16 @@ class Check:
     kind: str  # "assert" | "value" | "call" | "stdio"
     expected: Any = None
     wrapped: bool = False  # APPS call test whose expected value was unwrapped from [value]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fork-server job: ``spec`` goes to the server, ``tests`` (assert/call jobs: the trusted test
+    code) only to the test process, when the server asks for it; ``checks`` stay on the host."""
+
+    spec: dict[str, Any]
+    tests: dict[str, Any] | None
+    checks: list[Check]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -57,6 +70,7 @@ def split_assert(code: str) -> tuple[str, Any] | None:
 def _limits(config: SandboxConfig, num_tests: int) -> dict[str, Any]:
     return {
         "timeout": config.timeout,
+        "check_timeout": config.check_timeout,
         "memory_mb": config.memory_mb,
         "cpu_s": int(config.timeout * (num_tests + 1)) + 1,  # backstop; wall timeouts act first
         "fsize_mb": config.max_file_mb,
@@ -76,7 +90,17 @@ def _inprocess_item(test: TestCase, index: int, wrapped: bool) -> tuple[dict[str
     return {"k": "assert", "code": test.code}, Check(index, "assert")
 
 
-def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[tuple[dict[str, Any], list[Check]]]:
+def _trusted_code(problem: Problem, tests: list[TestCase]) -> tuple[str, tuple[str, ...]]:
+    """(setup the test process runs, names it takes from the program). Assert tests also get the
+    prompt's helpers and whatever names their code reads but does not define; call tests need neither."""
+    asserts = [t.code for t in tests if t.kind == "assert"]
+    if not asserts:
+        return problem.test_setup, ()
+    setup = "\n".join(filter(None, (prompt_helpers(problem.prompt, problem.entry_point), problem.test_setup)))
+    return setup, program_names((setup, *asserts), problem.entry_point)
+
+
+def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[Job]:
     """One job for the stdio tests and one for the in-process (assert/call) tests, as present."""
     wrapped = tuple(problem.meta.get("wrapped_expected", ()))
     stdio = [(i, t) for i, t in enumerate(problem.tests) if t.kind == "stdio"]
@@ -84,13 +108,15 @@ def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[tu
     jobs = []
     if inproc:
         pairs = [_inprocess_item(t, i, i < len(wrapped) and bool(wrapped[i])) for i, t in inproc]
-        job = {"kind": "inprocess", "name": "__solution__", "program": program, "setup": problem.test_setup,
-               "tests": [p[0] for p in pairs], "limits": _limits(config, len(pairs))}
-        jobs.append((job, [p[1] for p in pairs]))
+        setup, names = _trusted_code(problem, [t for _, t in inproc])
+        spec = {"kind": "inprocess", "name": "__solution__", "program": program,
+                "setup": setup_imports(problem.test_setup), "names": list(names), "n": len(pairs),
+                "limits": _limits(config, len(pairs))}
+        jobs.append(Job(spec, {"setup": setup, "tests": [p[0] for p in pairs]}, [p[1] for p in pairs]))
     if stdio:
-        job = {"kind": "stdio", "name": "__main__", "program": program, "setup": "",
-               "tests": [t.input for _, t in stdio], "limits": _limits(config, 1)}
-        jobs.append((job, [Check(i, "stdio", t.output) for i, t in stdio]))
+        spec = {"kind": "stdio", "name": "__main__", "program": program, "setup": "",
+                "tests": [t.input for _, t in stdio], "limits": _limits(config, 1)}
+        jobs.append(Job(spec, None, [Check(i, "stdio", t.output) for i, t in stdio]))
     return jobs
 
 

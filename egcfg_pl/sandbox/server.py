@@ -1,53 +1,81 @@
-"""The fork server: a pre-warmed interpreter inside the isolation that forks one child per program.
+"""The fork server: a pre-warmed interpreter inside the isolation that forks the processes of each run.
 
 Inside the sandbox this runs as ``python -I -c <source>``, where the source is ``values.py`` +
-``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked ``# inlined`` are
-dropped). Protocol with the host: one JSON job per line on stdin, one JSON result per line on stdout.
+``remote.py`` + ``rootfs.py`` + ``harness.py`` + this file (``worker.server_source``; lines marked
+``# inlined`` are dropped). Protocol with the host: jobs come on stdin as length-prefixed JSON frames
+(read with exact-size ``os.read``: nothing beyond the frame is ever read into the server), results go
+out as one JSON line each on stdout. An assert/call job is followed by a second frame, its test code,
+which the server never reads: the test process reads it from the same pipe (it holds a copy of the
+descriptor) when the server hands it the job's first round; a new test process asks the host for it
+again (``{"tests": i}``, answered by a frame). So the server never holds test code while it forks a
+program's process.
 
-The server is pid 1 of its own pid namespace (when namespaces are on). Per job: a fresh work dir owned
-by the worker's unprivileged uid; a forked child runs the program (``harness.py``) and reports
-``start i`` / ``end i`` lines prefixed with a per-run random nonce; the server times each test with its
-own clock, kills on timeout and restarts from the next test. After every job every other process in
-the namespace is SIGKILLed (``kill(-1)`` from pid 1), all are reaped, and the work dir is removed.
+The server is pid 1 of its own pid namespace (when namespaces are on). Each assert/call run (round)
+forks the program's process (uid ``uid``, fresh work dir) and hands the worker's long-lived test process
+(uid ``test_uid``, forked once, ``harness.tester_main``) the ends of two pipes to it over a control
+socket (``remote.py`` speaks on them). The test process reports ``start i`` / ``end i`` lines prefixed
+with its random nonce and tagged with the round; the server times each test with its own clock, kills
+the program on a timeout and starts a new round from the next test. After every run every process of
+the program's uid is SIGKILLed and reaped (pid 1 adopts orphans), and the work dir is removed.
 """
 
 import json
 import os
+import resource
 import secrets
 import select
 import signal
+import socket
 import sys
 import time
 
 from egcfg_pl.sandbox.harness import _devnull, _enter_child, _make_reporter, _set_oom_score  # inlined
-from egcfg_pl.sandbox.harness import child_inprocess, child_stdio, load_libc  # inlined
+from egcfg_pl.sandbox.harness import child_program, child_stdio, load_libc, read_exact, tester_main  # inlined
 from egcfg_pl.sandbox.rootfs import setup_root  # inlined
 
+TESTER_ROUNDS = 1000  # rounds one test process serves before it is replaced
+
+
 class Server:
-    def __init__(self, cfg):
+    def __init__(self, cfg, read_frame=None, send=None):
         self.cfg = cfg
+        self.read_frame, self.send = read_frame, send  # the host's frames in, JSON lines out
+        self.host_fd = None  # the host's pipe, which the test process reads test code from
+        self.pushed = False  # the current job's test code waits in the host pipe, unread
+        self.tester = None  # the worker's test process (``Tester``), started at the first assert/call job
         self.pid1 = os.getpid() == 1
-        self.jobs = 0
+        self.jobs = 0  # work directories made
+        self.job_seq = 0  # jobs run
+        self.check_end = float("inf")  # monotonic end of the whole-check budget (SandboxConfig.check_timeout)
+        self.exits = {}  # pid -> wait status of the children reaped during the current run
 
     # -- process hygiene ---------------------------------------------------------------------
-    def kill_all(self, pgid):
-        """SIGKILL every process the program may have left, then reap them."""
-        if self.pid1:
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        else:
+    def kill_all(self, pgids):
+        """SIGKILL every process the program may have left (all of its uid), then reap them. The test
+        process (another uid) lives on; without a uid drop only ``kill(-1)`` from pid 1 reaches them all,
+        the test process included."""
+        for pgid in pgids:  # each is also the pid of our child that leads the group
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            if self.cfg["uid"] is not None:
-                self._kill_uid(self.cfg["uid"])
+            try:
+                self.exits[pgid] = os.waitpid(pgid, 0)[1]
+            except ChildProcessError:
+                pass
+        if self.cfg["uid"] is not None:
+            self._kill_uid(self.cfg["uid"])
+        elif self.pid1:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.stop_tester()
         self.reap()
 
     def _kill_uid(self, uid):
-        for _ in range(50):
+        for attempt in range(200):
+            self.reap()  # zombies of our children (orphans are ours too, as pid 1) still show their uid
             pids = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
             if not pids:
                 return
@@ -56,31 +84,41 @@ class Server:
                     os.kill(int(p), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            if attempt:
+                time.sleep(0.0002 * attempt)  # let the killed ones finish dying
 
     def reap(self):
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG if not self.pid1 else 0)
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            self.exits[pid] = wstatus
 
     # -- one child -----------------------------------------------------------------------------
-    def spawn(self, job, workdir, body, stdin_fd, stdout_fd):
-        nonce = secrets.token_hex(16)
-        r, w = os.pipe()
-        job = dict(job, report_fd=secrets.randbelow(job["limits"]["nofile"] - 40) + 20)
+    def spawn(self, job, workdir, body, fds, uid, oom_score=0, audit=True):
+        """Fork a child that enters the jail with ``fds`` (target -> source) and runs ``body()``."""
         pid = os.fork()
         if pid == 0:  # child
             code = 0
             try:
-                fd = _enter_child(job, stdin_fd, stdout_fd, w, workdir)
-                body(job, _make_reporter(fd, nonce))
+                _enter_child(job, fds, workdir, uid, oom_score, audit)
+                body()
             except BaseException:
                 code = 70
             finally:
                 os._exit(code)
+        return pid
+
+    def spawn_reporting(self, job, workdir, body, fds, uid, oom_score=0, audit=True):
+        """``spawn`` with a fresh report pipe and nonce: ``body(report)``; returns (pid, read end, nonce)."""
+        nonce = secrets.token_hex(16)
+        r, w = os.pipe()
+        fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
+        pid = self.spawn(job, workdir, lambda: body(_make_reporter(fd, nonce)), {**fds, fd: w},
+                         uid, oom_score, audit)
         os.close(w)
         return pid, r, nonce
 
@@ -107,7 +145,7 @@ class Server:
         else:
             wfds = []
         while fds:
-            left = deadline - time.monotonic()
+            left = min(deadline, self.check_end) - time.monotonic()
             if left <= 0:
                 outcome = "timeout"
                 break
@@ -154,7 +192,7 @@ class Server:
             result = ("exit", wstatus)
         else:
             result = (outcome, None)
-        self.kill_all(pid)
+        self.kill_all((pid,))
         os.close(r)
         if stdout_r is not None:
             os.close(stdout_r)
@@ -163,9 +201,9 @@ class Server:
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job):
         self.job = job
-        job["uid"] = self.cfg["uid"]
+        self.job_seq += 1
         job["env"] = self.cfg["env"]
-        workdir = self.make_workdir()
+        workdir = self.make_workdir(self.cfg["uid"])
         t0 = time.perf_counter()
         try:
             if job["kind"] == "stdio":
@@ -178,11 +216,25 @@ class Server:
         return {"results": results, "seconds": seconds}
 
     def run_inprocess(self, job, workdir):
-        n, timeout = len(job["tests"]), job["limits"]["timeout"]
+        n, timeout = job["n"], job["limits"]["timeout"]
         results = [None] * n
+        budget = job["limits"].get("check_timeout")
+        self.check_end = time.monotonic() + budget if budget else float("inf")
+        self.pushed = True
+        try:
+            return self._run_inprocess(job, workdir, n, timeout, results)
+        finally:
+            self.check_end = float("inf")
+            if self.pushed:  # never read: drop it unparsed, or it would be read as the next job
+                self.read_frame(parse=False)
+                self.pushed = False
+
+    def _run_inprocess(self, job, workdir, n, timeout, results):
         start = 0
         while start < n:
-            state = {"cur": None, "t": 0.0, "fail": None}
+            if time.monotonic() >= self.check_end:
+                return _fill(results, start, "timeout", self._budget_detail())
+            state = {"cur": None, "t": 0.0, "fail": None, "again": None}
 
             def on_msg(msg, state=state):
                 t = msg.get("t")
@@ -194,32 +246,162 @@ class Server:
                     results[i] = _result(msg, time.perf_counter() - state["t"])
                     state["cur"] = None
                     return timeout
+                if t == "again" and state["cur"] is None and msg.get("i") == _last_done(results, start) + 1:
+                    state["again"] = msg["i"]
                 if t == "fail" and state["fail"] is None:
                     state["fail"] = msg
                 return None
 
-            devnull = _devnull()
-            pid, r, nonce = self.spawn(job, workdir, lambda j, rep: child_inprocess(j, start, rep), devnull, devnull)
-            (outcome, wstatus), _ = self.watch(pid, r, nonce, timeout, on_msg)
+            program = self.spawn_round(job, start, workdir)
+            self.exits = {}
+            outcome, wstatus = self.watch_round(timeout, on_msg)
+            self.kill_all((program,))
+            if outcome != "idle":
+                self.settle_tester()
+            _name_the_death(results, start, state["fail"], self.exits.get(program))
             cur = state["cur"]
             if state["fail"] is not None and cur is None:
                 msg = state["fail"]
                 return _fill(results, start, msg.get("status", "error"), str(msg.get("detail", ""))[:300])
+            if state["again"] is not None:  # the program died during a test; that test has its verdict
+                start = state["again"]
+                continue
             if cur is None:
-                # died or timed out between tests, or before the first one: no trusted verdict for the rest
+                # no verdict for the rest (the test process died, or a timeout before the first test)
                 todo = [i for i in range(start, n) if results[i] is None]
                 if not todo:
                     break
-                status, detail = _death(outcome, wstatus, timeout)
+                status, detail = self._death(outcome, wstatus, timeout)
                 if any(results[i] is not None for i in range(start, n)):
                     results[todo[0]] = {"status": status, "seconds": 0.0, "detail": detail}
                     start = todo[0] + 1
                     continue
                 return _fill(results, start, status, detail)
-            status, detail = _death(outcome, wstatus, timeout)
+            status, detail = self._death(outcome, wstatus, timeout)
             results[cur] = {"status": status, "seconds": time.perf_counter() - state["t"], "detail": detail}
             start = cur + 1
         return results
+
+    # -- the test process ------------------------------------------------------------------------
+    def spawn_round(self, job, start, workdir):
+        """Fork the program's process (the server holds no test code), then hand the test process the
+        two pipe ends of this round; returns the program's pid."""
+        devnull = _devnull()
+        to_prog_r, to_prog_w = os.pipe()
+        to_test_r, to_test_w = os.pipe()
+        program = self.spawn(job, workdir, lambda: child_program(job, 3, 4),
+                             {0: devnull, 1: devnull, 2: devnull, 3: to_prog_r, 4: to_test_w}, self.cfg["uid"])
+        os.close(to_prog_r)
+        os.close(to_test_w)
+        if self.tester is not None and self.tester.round >= TESTER_ROUNDS:
+            self.stop_tester()  # a fresh one now and then: nothing piles up in a long-lived process
+        for _ in range(2):  # a test process that died while idle is replaced once
+            if self.tester is None:
+                self.start_tester(job)
+            tester = self.tester
+            read = tester.job != self.job_seq  # it does not hold this job's test code yet
+            msg = {"start": start, "read": read, "round": tester.round + 1,
+                   "limit": job["limits"]["max_output"] + 4096}
+            try:
+                socket.send_fds(tester.ctrl, [json.dumps(msg).encode()], [to_test_r, to_prog_w])
+                break
+            except OSError:
+                self.stop_tester()
+        if read and not self.pushed:  # a new test process: the host sends the test code again
+            self.send({"tests": start})
+        if read:
+            self.pushed = False
+        tester.job, tester.round = self.job_seq, tester.round + 1
+        os.close(to_test_r)
+        os.close(to_prog_w)
+        return program
+
+    def start_tester(self, job):
+        """Fork the test process (trusted, uid ``test_uid``, no CPU-seconds limit: it lives across runs)."""
+        ctrl, theirs = socket.socketpair()
+        r, w = os.pipe()
+        nonce = secrets.token_hex(16)
+        fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
+        workdir = self.make_workdir(self.cfg["test_uid"])
+        tjob = dict(job, limits=dict(job["limits"], cpu_s=resource.RLIM_INFINITY))
+        devnull = _devnull()
+        fds = {0: devnull, 1: devnull, 2: devnull, 3: theirs.fileno(), 4: self.host_fd, fd: w}
+        pid = self.spawn(tjob, workdir, lambda: tester_main(3, 4, _make_reporter(fd, nonce)), fds,
+                         self.cfg["test_uid"], -500, False)
+        theirs.close()
+        os.close(w)
+        self.tester = Tester(pid, ctrl, r, nonce, workdir)
+
+    def stop_tester(self):
+        tester, self.tester = self.tester, None
+        if tester is None:
+            return
+        try:
+            os.kill(tester.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            _, wstatus = os.waitpid(tester.pid, 0)
+            self.exits[tester.pid] = wstatus
+        except ChildProcessError:
+            pass
+        tester.ctrl.close()
+        os.close(tester.r)
+        self.remove_workdir(tester.workdir)
+
+    def watch_round(self, timeout, on_msg):
+        """Pump the test process's reports of the current round until it is idle again, it dies, or a
+        deadline passes: ("idle", None) | ("exit", wait status) | ("timeout", None) | ("flood", None)."""
+        tester = self.tester
+        limit = self.job["limits"]["max_output"] + 4096
+        deadline = time.monotonic() + timeout
+        while True:
+            left = min(deadline, self.check_end) - time.monotonic()
+            if left <= 0:
+                return "timeout", None
+            if not select.select([tester.r], [], [], left)[0]:
+                continue
+            chunk = os.read(tester.r, 65536)
+            if not chunk:
+                self.stop_tester()
+                return "exit", self.exits.get(tester.pid)
+            *lines, tester.buf = (tester.buf + chunk).split(b"\n")
+            if len(tester.buf) > limit:
+                self.stop_tester()
+                return "flood", None
+            for line in lines:
+                msg = _authentic(line, tester.nonce)
+                if msg is None or msg.get("r") != tester.round:
+                    continue
+                if msg.get("t") == "idle":
+                    return "idle", None
+                new = on_msg(msg)
+                if new is not None:
+                    deadline = time.monotonic() + new
+
+    def settle_tester(self, grace=1.0):
+        """After a timeout the program is gone, so the test process should finish its round at once
+        (every call fails); one that does not is running away on its own and is replaced."""
+        if self.tester is not None and self.watch_round_idle(grace) is False:
+            self.stop_tester()
+
+    def watch_round_idle(self, grace):
+        end = self.check_end
+        self.check_end = float("inf")
+        try:
+            outcome, _ = self.watch_round(grace, lambda msg: None)
+        finally:
+            self.check_end = end
+        return outcome == "idle"
+
+    def _budget_detail(self):
+        return f"whole-check budget of {self.job['limits']['check_timeout']:g} s spent"
+
+    def _death(self, outcome, wstatus, timeout):
+        """``_death``, naming the whole-check budget when that is what ran out."""
+        if outcome == "timeout" and time.monotonic() >= self.check_end:
+            return "timeout", self._budget_detail()
+        return _death(outcome, wstatus, timeout)
 
     def run_stdio(self, job, i, workdir):
         timeout = job["limits"]["timeout"]
@@ -233,7 +415,9 @@ class Server:
             return None
 
         t0 = time.perf_counter()
-        pid, r, nonce = self.spawn(job, workdir, child_stdio, in_r, out_w)
+        fds = {0: in_r, 1: out_w, 2: _devnull()}
+        body = lambda report: child_stdio(job, report)  # noqa: E731
+        pid, r, nonce = self.spawn_reporting(job, workdir, body, fds, self.cfg["uid"])
         os.close(in_r)
         os.close(out_w)
         data = job["tests"][i].encode("utf-8", "surrogateescape")
@@ -250,12 +434,12 @@ class Server:
         status, detail = _death(outcome, wstatus, timeout)
         return {"status": status, "seconds": seconds, "detail": detail}
 
-    def make_workdir(self):
+    def make_workdir(self, uid):
         self.jobs += 1
         path = os.path.join(self.cfg["work_root"], f"job{self.jobs}")
         os.mkdir(path, 0o700)
-        if self.cfg["uid"] is not None:
-            os.chown(path, self.cfg["uid"], self.cfg["uid"])
+        if uid is not None:
+            os.chown(path, uid, uid)
         return path
 
     def remove_workdir(self, path):
@@ -265,6 +449,16 @@ class Server:
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
+
+
+class Tester:
+    """The worker's test process and the server's ends of its pipes."""
+
+    def __init__(self, pid, ctrl, r, nonce, workdir):
+        self.pid, self.ctrl, self.r, self.nonce, self.workdir = pid, ctrl, r, nonce, workdir
+        self.buf = b""
+        self.job = None  # the job whose test code it holds
+        self.round = 0
 
 
 def _uid_of(pid):
@@ -292,12 +486,29 @@ def _authentic(line, nonce):
 
 def _result(msg, seconds):
     status = msg.get("status")
-    if status not in ("passed", "failed", "error", "memory", "ok"):
+    if status not in ("passed", "failed", "error", "memory", "killed", "ok"):
         status = "error"
     out = {"status": status, "seconds": seconds, "detail": str(msg.get("detail", ""))[:300]}
     if status == "ok":
         out["value"] = msg.get("value")
     return out
+
+
+def _name_the_death(results, start, fail, wstatus):
+    """Add how the program's process died (``killed by SIGKILL``: e.g. the cgroup's OOM killer) to the
+    results the test process could only call 'killed' because the program went away."""
+    if wstatus is None or not os.WIFSIGNALED(wstatus):
+        return
+    how = f" ({_death('exit', wstatus, 0)[1]})"
+    for msg in [r for r in results[start:] if r is not None] + ([fail] if fail is not None else []):
+        if msg.get("status") == "killed" and "program's process" in str(msg.get("detail", "")):
+            msg["detail"] = str(msg["detail"]) + how
+
+
+def _last_done(results, start):
+    """Index of the last test with a result from ``start`` on (``start - 1`` when none)."""
+    done = [i for i in range(start, len(results)) if results[i] is not None]
+    return done[-1] if done else start - 1
 
 
 def _fill(results, start, status, detail):
@@ -341,7 +552,7 @@ def main():
     gc.collect()
     gc.freeze()  # children's GC never walks (and copy-on-write faults) the server's warm heap
     server = Server(cfg)
-    host_in = os.fdopen(os.dup(0), "rb")
+    host_in = os.dup(0)
     host_out = os.fdopen(os.dup(1), "wb")
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
@@ -351,9 +562,17 @@ def main():
         host_out.write(json.dumps(obj).encode() + b"\n")
         host_out.flush()
 
+    def read_frame(parse=True):
+        head = read_exact(host_in, 12)
+        data = read_exact(host_in, int(head)) if head else b""
+        return json.loads(data) if parse and data else None
+
+    server.read_frame, server.send, server.host_fd = read_frame, send, host_in
     send({"ready": True, "pid1": server.pid1, "uid": cfg["uid"], "chroot": cfg["chroot"]})
-    for line in host_in:
-        job = json.loads(line)
+    while True:
+        job = read_frame()
+        if job is None:
+            break
         try:
             send(server.run_job(job))
         except Exception as e:  # a server bug must not look like a program result

@@ -15,7 +15,7 @@ from typing import Any
 from egcfg_pl.sandbox import cgroups, layers
 from egcfg_pl.sandbox.config import SandboxConfig
 
-SERVER_PARTS = ("values.py", "rootfs.py", "harness.py", "server.py")
+SERVER_PARTS = ("values.py", "remote.py", "rootfs.py", "harness.py", "server.py")
 
 
 def server_source() -> str:
@@ -35,6 +35,11 @@ def program_uid(base_uid: int, index: int) -> int:
     """Unprivileged uid for worker ``index``'s programs: distinct per worker and, with high
     probability, per executor process (RLIMIT_NPROC counts per uid, so executors must not share)."""
     return base_uid + 64 * (os.getpid() % 1024) + index % 64
+
+
+TEST_UID_OFFSET = 64 * 1024
+"""Worker k's test processes run as ``program_uid(base_uid, k) + TEST_UID_OFFSET``: a uid no program
+uses, so a program can neither signal, trace nor read the process that judges it."""
 
 
 class WorkerError(RuntimeError):
@@ -60,6 +65,7 @@ class Worker:
             "ro_paths": layers.readonly_paths(),
             "tmp_mb": self.config.tmp_mb,
             "uid": program_uid(self.config.base_uid, self.index) if self.plan.root else None,
+            "test_uid": program_uid(self.config.base_uid, self.index) + TEST_UID_OFFSET if self.plan.root else None,
             "env": layers.ENV,
             "work_root": "/tmp" if self.plan.chroot else tempfile.mkdtemp(prefix="egcfg-sandbox-"),
             "preimport": list(self.config.preimport),
@@ -98,26 +104,43 @@ class Worker:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        """Send a job, wait for its result. None (and a restarted server) when the server broke.
+    def run(self, job: dict[str, Any], tests: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Send a job, answer the server's requests for its test code, wait for its result. None (and a
+        restarted server) when the server broke.
 
+        ``tests`` (assert/call jobs) is the test code: sent right after the job (the server reads it
+        once it forked the program's process) and again whenever the server asks (``{"tests": i}``,
+        when it starts a test process again after a timeout), so the server never holds test code
+        while it forks a program's process.
         ``result["oom_killed"]`` is True when the kernel OOM-killed a process of this job (cgroup limit).
         """
         assert self.proc is not None and self.proc.stdin is not None
         ooms = self.cgroups.oom_kills() if self.cgroups is not None else 0
-        n = len(job["tests"])
+        n = job["n"] if "n" in job else len(job["tests"])
         budget = job["limits"]["timeout"] * (2 * n + 2) + 10.0  # the server enforces the real limits
+        deadline = time.monotonic() + budget
         try:
-            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
-            self.proc.stdin.flush()
-            result = self._read_line(time.monotonic() + budget)
+            self._send(job)
+            if tests is not None:
+                self._send(tests)  # read by the server once it forked the program's process
+            result = self._read_line(deadline)
+            while result is not None and "tests" in result and tests is not None:
+                self._send(tests)
+                result = self._read_line(deadline)
         except (BrokenPipeError, OSError, ValueError):
             result = None
-        if result is None or "server_error" in result:
+        if result is None or "server_error" in result or "results" not in result:
             self.restart()
             return None
         result["oom_killed"] = self.cgroups is not None and self.cgroups.oom_kills() > ooms
         return result
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        """One length-prefixed frame (the server reads exactly its bytes, see ``server.py``)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        data = json.dumps(obj).encode()
+        self.proc.stdin.write(b"%011d\n" % len(data) + data)
+        self.proc.stdin.flush()
 
     def restart(self) -> None:
         self.kill()
