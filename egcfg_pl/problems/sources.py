@@ -92,8 +92,8 @@ def unavailable(dataset: str, repo: str, reason: str) -> DatasetUnavailableError
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     searched = f" ({DATA_DIR_ENV}={env} holds no {' or '.join(names)})" if env else ""
     return DatasetUnavailableError(
-        f"dataset {dataset!r} is not available: {reason}{searched}. Fix: give the file with `path:` "
-        f"(e.g. --data.train.path /data/{names[0]}), or export {DATA_DIR_ENV}=<folder holding {names[0]}>, "
+        f"dataset {dataset!r} is not available: {reason}{searched}. Fix: give the file with the problem set's "
+        f"`path:` (e.g. --data.train.path FILE), or export {DATA_DIR_ENV}=<folder holding {names[0]}>, "
         f"or connect to the hub once so `datasets` caches {repo}"
     )
 
