@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from egcfg_pl.experiments import demo
@@ -26,10 +27,19 @@ def test_buffer_statistics_are_words_not_a_dict():
     assert demo.buffer_words({"buffer/size": 0.0}).startswith("the replay buffer is empty")
 
 
-def test_summary_names_adapter_checkpoint_reports_and_tensorboard(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "summarize_eval", lambda path: SUMMARY)
-    results = {"MBPP test (baseline)": {"pass@1": 0.05, "path": str(tmp_path / "baseline" / "e.json")},
-               "MBPP test (after BTP)": {"pass@1": 0.1, "path": str(tmp_path / "tb" / "e.json")}}
+def test_each_evaluation_is_summarised_before_the_next_one_overwrites_its_file(monkeypatch, tmp_path):
+    """The baseline runs write the same eval_test_epoch0.json name: the intervals must be read at once."""
+    path = tmp_path / "eval_test_epoch0.json"
+    monkeypatch.setattr(demo, "summarize_eval", lambda p: {"read": Path(p).read_text()})
+    path.write_text("humaneval")
+    first = demo.with_summary({"path": str(path)})
+    path.write_text("mbpp")
+    assert first["summary"] == {"read": "humaneval"}
+
+
+def test_summary_names_adapter_checkpoint_reports_and_tensorboard(tmp_path):
+    results = {"MBPP test (baseline)": {"pass@1": 0.05, "path": str(tmp_path / "baseline" / "e.json"), "summary": SUMMARY},
+               "MBPP test (after BTP)": {"pass@1": 0.1, "path": str(tmp_path / "tb" / "e.json"), "summary": SUMMARY}}
     trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(last_model_path="/ck/last.ckpt"), log_dir="/tb/v0")
     module = SimpleNamespace(adapter_dir=lambda: "/run/adapter")
     text = demo.summary(results, STATS, trainer, module, 12.0)

@@ -24,7 +24,12 @@ from egcfg_pl.problems import ProblemSet
 def evaluate(trainer_kwargs: dict, module, datamodule) -> dict:
     """``trainer.test`` on held-out problems; returns the module's last evaluation record."""
     L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs).test(module, datamodule, verbose=False)
-    return dict(module.last_eval)
+    return with_summary(module.last_eval)
+
+
+def with_summary(record: dict) -> dict:
+    """The evaluation record plus its intervals, read now: the next evaluation may reuse the JSON's file name."""
+    return {**record, "summary": summarize_eval(record["path"])}
 
 
 def percent(value: float) -> str:
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(module, data)  # refresh → replay → LoRA steps, then validation of the tuned target
     if module.last_eval.get("stage") != "val":
         raise RuntimeError("the fit ran no held-out validation: keep trainer.check_val_every_n_epoch <= max_epochs")
-    results["MBPP test (after BTP)"] = dict(module.last_eval)
+    results["MBPP test (after BTP)"] = with_summary(module.last_eval)
     refresh = next(cb for cb in trainer.callbacks if hasattr(cb, "last_stats"))
     print(summary(results, refresh.last_stats, trainer, module, time.perf_counter() - start))
 
@@ -106,7 +111,7 @@ def summary(results: dict[str, dict], buffer_stats: dict[str, float], trainer, m
     return "\n".join([
         "",
         "=== egcfg_pl demo: SmolLM2-135M-Instruct on held-out problems, greedy decoding ===",
-        results_table({name: summarize_eval(r["path"]) for name, r in results.items()}),
+        results_table({name: r["summary"] for name, r in results.items()}),
         rsr_line(tuned["pass@1"], base["pass@1"]),
         "(95% intervals over problems: a few dozen problems cannot show small changes.)",
         "",

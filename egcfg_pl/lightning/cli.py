@@ -36,7 +36,8 @@ class BTPCLI(LightningCLI):
         Unlike Lightning's own, this emits no "args ... not recommended" warning: ``cli.py`` passes ``sys.argv``."""
         if isinstance(args, list) and any(a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "=") for a in args):
             plain = [a for a in args if not (a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "="))]
-            parser.instantiate_classes(_parse(parser, plain))  # raises the settings' own ValueError
+            instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
+            instantiate(_parse(parser, plain))  # raises the settings' own ValueError
         self.config = _parse(parser, args)
 
 
