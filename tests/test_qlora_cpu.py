@@ -42,3 +42,15 @@ def test_nf4_load_and_a_lora_step_on_cpu(tiny_model_dir):
     out = peft_model.generate(input_ids=ids[:1, :4], attention_mask=torch.ones(1, 4, dtype=torch.long),
                               max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 7)
+
+
+def test_btp_fit_step_on_a_4bit_cpu_base(tmp_path, tiny_model_dir, shared_data):
+    """The whole loop (refresh sampling on the 4-bit base + LoRA, replay step, held-out validation) on the CPU."""
+    from btp_helpers import refresh_callback, tiny_datamodule, tiny_module, tiny_trainer
+
+    module = tiny_module(tiny_model_dir)
+    module.spec = ModelSpec(name=str(tiny_model_dir), device="cpu", dtype="float32", load_in_4bit=True)
+    trainer = tiny_trainer(tmp_path, 1, [refresh_callback()], max_steps=1, limit_val_batches=1)
+    trainer.fit(module, tiny_datamodule(train=2, held_out=1))
+    assert module.model.is_loaded_in_4bit and trainer.global_step == 1
+    assert module.last_eval.get("stage") == "val"
