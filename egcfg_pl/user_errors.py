@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 EXIT_USAGE = 2
+COMMANDS = ("fit", "validate", "test", "predict", "demo", "evaluate", "experiment")
 
 
 class UsageError(ValueError):
@@ -71,6 +72,12 @@ def explain_parse_error(message: str, options: Iterable[str] = ()) -> str:
         guess = close_match(first, [o for o in options if o.startswith("--")])
         hint = f"did you mean {guess}?" if guess else "see --help for the options"
         return f"unknown option {first}; {hint}"
+    command = _search(r"invalid choice: '([^']+)'", message)
+    if command is not None or 'expected "subcommand"' in message:
+        guess = close_match(command or "", COMMANDS)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        head = f"unknown command {command!r}{hint}" if command else "no command given"
+        return f"{head}; commands: {', '.join(COMMANDS)} (python cli.py --help)"
     expected = _search(r"(Expected a <class '\w+'>.*)", message)
     if key and expected:
         return f"invalid value for {key}: {expected.replace('<class ', '').replace('>', '')}"
@@ -101,4 +108,5 @@ def _one_line(message: str) -> str:
     lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip()]
     skip = ("Subtypes:", "Errors:", "Given value", "Does not validate", "Expected a <class 'NoneType'>", "Problem with")
     useful = [line for line in lines if not line.startswith(skip)]
-    return "; ".join(dict.fromkeys(useful)) if useful else message.strip()
+    text = "; ".join(dict.fromkeys(useful)) if useful else message.strip()
+    return re.sub(r'^Parser key "([^"]+)":;?\s*', r"--\1: ", text)

@@ -214,3 +214,10 @@ def test_demo_without_mbpp_stops_at_once_saying_how_to_give_it(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = error_line(result.stderr)
     assert "'mbpp'" in line and "EGCFG_DATA_DIR" in line
+
+
+def test_command_typo_and_missing_config_file(run_cli, tmp_path):
+    status, err = run_cli(["fitt", "--config", str(ROOT / "configs/demo_cpu.yaml")])
+    assert status == 2 and "unknown command 'fitt' (did you mean 'fit'?)" in error_line(err) and "demo" in err
+    status, err = run_cli(["fit", "--config", str(tmp_path / "nope.yaml")])
+    assert status == 2 and error_line(err).startswith("error: --config: File does not exist")
