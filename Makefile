@@ -2,6 +2,13 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Offline dataset files (mbpp.jsonl ...): this workplace keeps them in ../shared/data; elsewhere export
+# EGCFG_DATA_DIR yourself, or leave it unset to load the datasets from the Hugging Face hub.
+ifeq ($(origin EGCFG_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/data/mbpp.jsonl),)
+    export EGCFG_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
 
 .PHONY: install demo test test-fast bench bench-sandbox bench-sampling bench-eval clean
 

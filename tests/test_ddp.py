@@ -12,7 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent / "ddp_fit_script.py"
 
 
-def test_ddp_two_cpu_ranks_share_one_buffer(tmp_path, tiny_model_dir):
+def test_ddp_two_cpu_ranks_share_one_buffer(tmp_path, tiny_model_dir, shared_data):  # MBPP via EGCFG_DATA_DIR
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(tiny_model_dir), str(tmp_path)],

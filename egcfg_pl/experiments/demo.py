@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 
+from egcfg_pl.experiments.stats import summarize_eval
 from egcfg_pl.lightning.cli import configure_logging, run_lightning_cli
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.metrics.rsr import relative_success_rate
@@ -23,13 +24,43 @@ from egcfg_pl.problems import ProblemSet
 def evaluate(trainer_kwargs: dict, module, datamodule) -> dict:
     """``trainer.test`` on held-out problems; returns the module's last evaluation record."""
     L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs).test(module, datamodule, verbose=False)
-    return dict(module.last_eval)
+    return with_summary(module.last_eval)
 
 
-def line(name: str, result: dict) -> str:
+def with_summary(record: dict) -> dict:
+    """The evaluation record plus its intervals, read now: the next evaluation may reuse the JSON's file name."""
+    return {**record, "summary": summarize_eval(record["path"])}
+
+
+def percent(value: float) -> str:
+    return "  n/a" if value is None or math.isnan(value) else f"{value:5.1%}"
+
+
+def with_interval(stat: dict) -> str:
+    lo, hi = stat["ci95"]
+    return f"{percent(stat['mean'])} [{percent(lo).strip()}, {percent(hi).strip()}]"
+
+
+def results_table(summaries: dict[str, dict]) -> str:
+    """Baseline vs fine-tuned rows: problems, pass@1 and the average test pass rate with 95% intervals
+    (``experiments.stats.summarize_eval`` of each evaluation JSON)."""
+    rows = [f"{'':<24}{'problems':>9}   {'pass@1 [95% CI]':<24}{'avg test pass rate [95% CI]'}"]
+    for name, s in summaries.items():
+        rows.append(f"{name:<24}{s['num_problems']:>9}   {with_interval(s['pass@1']):<24}{with_interval(s['avg_pass_rate'])}")
+    return "\n".join(rows)
+
+
+def buffer_words(stats: dict[str, float]) -> str:
+    """The replay buffer after the fit, in words (the refresh callback's ``last_stats``)."""
+    size = int(stats.get("buffer/size", 0))
+    if not size:
+        return "the replay buffer is empty (no candidate was sampled)"
+    problems, solved = int(stats["buffer/problems"]), int(stats["buffer/problems_solved"])
     return (
-        f"{name:<34} pass@1 {result['pass@1']:6.1%}   avg test pass rate {result['avg_pass_rate']:6.1%}"
-        f"   ({int(result['num_problems'])} problems)"
+        f"{size} tested programs from {problems} training problems; {solved} of those problems have a program "
+        f"that passes every test. {stats['buffer/frac_all_passed']:.0%} of the programs pass all their tests, "
+        f"{stats['buffer/frac_partial']:.0%} pass some; mean test pass rate {stats['buffer/mean_pass_rate']:.0%}, "
+        f"mean P2Value {stats['buffer/mean_p2value']:.2f}."
     )
 
 
@@ -53,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cli = run_lightning_cli(["--config", args.config], run=False)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
+    for problem_set in (data.train_set, data.held_out_set):  # no data: stop now, before minutes of baseline
+        problem_set.load()
     eval_kwargs = {"accelerator": trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
                    "devices": 1, "precision": trainer.precision, "enable_progress_bar": True}
     module.hparams.results_dir = str(Path(trainer.default_root_dir) / "baseline")
@@ -66,17 +99,27 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(module, data)  # refresh → replay → LoRA steps, then validation of the tuned target
     if module.last_eval.get("stage") != "val":
         raise RuntimeError("the fit ran no held-out validation: keep trainer.check_val_every_n_epoch <= max_epochs")
-    results["MBPP test (after BTP)"] = dict(module.last_eval)
-
-    print("\n=== egcfg_pl demo: SmolLM2-135M-Instruct, held-out problems, greedy ===")
-    for name, result in results.items():
-        print(line(name, result))
-    base, tuned = results["MBPP test (baseline)"], results["MBPP test (after BTP)"]
-    print(rsr_line(tuned["pass@1"], base["pass@1"]))
+    results["MBPP test (after BTP)"] = with_summary(module.last_eval)
     refresh = next(cb for cb in trainer.callbacks if hasattr(cb, "last_stats"))
-    print(f"replay buffer: {refresh.last_stats}")
-    print(f"TensorBoard logs: {trainer.log_dir}   (tensorboard --logdir {trainer.log_dir})")
-    print(f"checkpoint:       {trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else '-'}")
-    print(f"LoRA adapter:     {module.adapter_dir()}   (PeftModel.from_pretrained(base, path))")
-    print(f"results JSON:     {Path(tuned['path']).parent}")
-    print(f"total time: {time.perf_counter() - start:.0f} s")
+    print(summary(results, refresh.last_stats, trainer, module, time.perf_counter() - start))
+
+
+def summary(results: dict[str, dict], buffer_stats: dict[str, float], trainer, module, seconds: float) -> str:
+    """What the user reads at the end: the table, RSR, the buffer in words, and where everything was written."""
+    base, tuned = results["MBPP test (baseline)"], results["MBPP test (after BTP)"]
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    return "\n".join([
+        "",
+        "=== egcfg_pl demo: SmolLM2-135M-Instruct on held-out problems, greedy decoding ===",
+        results_table({name: r["summary"] for name, r in results.items()}),
+        rsr_line(tuned["pass@1"], base["pass@1"]),
+        "(95% intervals over problems: a few dozen problems cannot show small changes.)",
+        "",
+        "Replay buffer: " + buffer_words(buffer_stats),
+        "",
+        f"LoRA adapter:  {module.adapter_dir()}   (peft.PeftModel.from_pretrained(base_model, this_path))",
+        f"checkpoint:    {checkpoint or '-'}   (resume: --ckpt_path last)",
+        f"eval reports:  {Path(base['path']).parent}  and  {Path(tuned['path']).parent}",
+        f"TensorBoard:   tensorboard --logdir {trainer.log_dir}",
+        f"total time:    {seconds:.0f} s",
+    ])

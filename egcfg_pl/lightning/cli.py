@@ -1,7 +1,13 @@
-"""LightningCLI wiring: ``BTPModule`` + ``BTPDataModule`` from YAML, dataclass docstrings as help."""
+"""LightningCLI wiring: ``BTPModule`` + ``BTPDataModule`` from YAML, dataclass docstrings as help.
+
+Parse errors are raised (``exit_on_error=False``) as :class:`~egcfg_pl.user_errors.UsageError` with one line
+("unknown option data.replay.p2value_alfa; did you mean data.replay.p2value_alpha?") instead of a usage dump,
+and ``--print_config`` first builds the settings, so it never prints a value the run would refuse.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from typing import Any
@@ -11,27 +17,59 @@ from lightning.pytorch.cli import LightningCLI
 
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
+from egcfg_pl.user_errors import UsageError, explain_parse_error
+
+PRINT_CONFIG = "--print_config"
 
 
 class BTPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_argument("--log_level", default="INFO", help="Python logging level")
+        parser.add_argument("--log_level", default="INFO", help="Python logging level (DEBUG also shows tracebacks)")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         configure_logging(config.log_level)
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse; with ``--print_config``, validate by building the settings first (cheap: no model is loaded).
+
+        Unlike Lightning's own, this emits no "args ... not recommended" warning: ``cli.py`` passes ``sys.argv``."""
+        if isinstance(args, list) and any(a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "=") for a in args):
+            plain = [a for a in args if not (a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "="))]
+            instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
+            instantiate(_parse(parser, plain))  # raises the settings' own ValueError
+        self.config = _parse(parser, args)
+
+
+def _parse(parser: Any, args: Any) -> Any:
+    try:
+        return parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+    except argparse.ArgumentError as error:
+        raise UsageError(explain_parse_error(str(error), _option_strings(parser))) from error
+
+
+def _option_strings(parser: Any) -> list[str]:
+    """Every option of the parser and its sub-command parsers (for "did you mean")."""
+    found, stack = [], [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            found += action.option_strings
+            stack += list(getattr(action, "_name_parser_map", {}).values())
+    return found
+
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    no_exit = {"default_env": False, "exit_on_error": False}
     cli = BTPCLI(
         BTPModule,
         BTPDataModule,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
+        parser_kwargs={**no_exit, **{name: dict(no_exit) for name in LightningCLI.subcommands()}},
         auto_configure_optimizers=False,
     )
     return cli

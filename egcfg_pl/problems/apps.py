@@ -33,7 +33,7 @@ def load(split: str = "test", path: str | Path | None = None, skip_malformed: bo
         rows = read_rows(path)
     else:
         splits = ("train", "test") if split == "all" else (split,)
-        rows = [row for s in splits for row in with_split(hub_json_rows(HUB_REPO, f"{s}.jsonl"), s)]
+        rows = [row for s in splits for row in with_split(hub_json_rows(HUB_REPO, f"{s}.jsonl", dataset="apps"), s)]
     return convert_rows(rows, to_problem, dataset="apps", expected_fields=FIELDS, skip_malformed=skip_malformed)
 
 

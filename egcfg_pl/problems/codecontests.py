@@ -5,7 +5,7 @@ Two row schemas are read:
 - the hub schema (``deepmind/code_contests``): ``public_tests`` / ``private_tests`` /
   ``generated_tests`` dicts of ``input`` / ``output`` lists and a ``solutions`` dict of
   ``language`` ints and ``solution`` strings, of which only Python 3 (language 3) is kept;
-- the local subset (``/work/shared/data``): a ``tests`` list of ``{input, output, in_statement}``.
+- the local subset (``codecontests_subset.jsonl`` in a data folder): a ``tests`` list of ``{input, output, in_statement}``.
   Its tests' origin is not recorded, so ``"public"`` selects the ``in_statement`` tests and
   ``"private"`` / ``"generated"`` both select the others.
 
@@ -43,7 +43,7 @@ def load(
     else:
         hub_split = "valid" if split == "validation" else split
         splits = HUB_SPLITS if split == "all" else (hub_split,)
-        rows = [r for s in splits for r in with_split(hub_rows(HUB_REPO, s), s)]
+        rows = [r for s in splits for r in with_split(hub_rows(HUB_REPO, s, dataset="codecontests"), s)]
     return convert_rows(
         rows,
         lambda r: to_problem(r, sets),

