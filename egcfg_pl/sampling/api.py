@@ -70,8 +70,8 @@ def request_seed(seed: int, iteration: int, stream: Sequence[int], index: int) -
     ``stream``: ``derive_seed`` over all of them (with the stream's length, as numpy's SeedSequence pads
     short inputs with zeros: ``(it, k)`` and ``(it, k, 0)`` would collide), folded to 31 bits because
     servers read it as a 32-bit integer (llama.cpp: uint32, where 0xFFFFFFFF means "random").
-    ``seed + iteration·n + index`` repeated across iterations (request n of iteration 0 = request 0 of
-    iteration 1) and in every chunk and rank."""
+    ``seed + iteration·n + index`` ignored the stream (every chunk and rank of an iteration sent the same
+    seeds) and collided across base seeds (seed 0, iteration 1 = seed n, iteration 0)."""
     return derive_seed(seed, iteration, len(stream), *stream, index) & 0x7FFFFFFF
 
 
