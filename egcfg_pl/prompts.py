@@ -179,7 +179,8 @@ def extract_program(text: str, problem: Problem, template: PromptTemplate | None
     1. The first ```` ```python ```` (or untagged) fenced block; with several, the first that
        defines the entry point. An unclosed final fence counts (generation stops before closing it).
     2. Without a fence: the text minus leading / trailing *prose* lines (``_is_prose``: lines that
-       cannot be Python, like "Here is the code:"). A line of code is never dropped, even when the
+       read as natural language and are not code-shaped, like "Here is the code:" or "Output: 3";
+       ``x = not valid code here`` is code). A line of code is never dropped, even when the
        program then fails to compile: it is scored as written.
     3. For problems whose prompt defines the entry point (HumanEval): an indented body gets the
        prompt prepended; a full function gets the prompt's imports and helpers it lacks.
@@ -287,26 +288,49 @@ def _normalise(code: str) -> str:
 _STRING = re.compile(r"""[rRbBfFuU]{0,2}("([^"\\\n]|\\.)*"|'([^'\\\n]|\\.)*')""")
 _WORD_OR_SYMBOL = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 _SENTENCE = re.compile(r"[^\W\d][\w ,'-]*[.!?]")  # words only, then a sentence end: "That is all."
+_LABEL = re.compile(r"[A-Z][a-z]+( [A-Za-z]+){0,2}:( .*)?")  # "Output: 3", "Example input: 1 2", "Note:"
 _CODE_WORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+# code shapes: an assignment (`=`, `+=`, not `==`), a call or subscript (`f(`, `xs[`), an operator
+_ASSIGNMENT = re.compile(r"(?<![=<>!])=(?!=)")
+_CALL = re.compile(r"\w[(\[]")
+_OPERATOR = re.compile(r"==|!=|<=|>=|->|//|\*\*|\s[+*/%<>|&^]\s")  # not `-`, `/`: "well-known", "and/or"
 
 
 def _is_prose(line: str) -> bool:
-    """True for a line that cannot be Python: two plain words side by side ("Here is the code"), a lone
-    ``Word:`` label, words alone ending a sentence ("That is all."), or markdown emphasis / backticks.
+    """True for a line that reads as natural language and is not code-shaped, so dropping it around the
+    code never turns a broken line of code into a program that runs.
+
+    Natural language: two plain words side by side ("Here is the code"), a ``Label: value`` line
+    ("Output: 3", "Explanation:"), words alone ending a sentence ("That is all."), or markdown emphasis /
+    backticks at the start. Code-shaped (never prose): a first word that is a Python keyword
+    (``def``, ``return``, ``import`` ...), an assignment, a call or subscript, an operator
+    (``x = not valid code here`` stays). One exception: a line that starts with a capitalised word and
+    another word and ends a sentence ("The time complexity is O(n).") is prose, operators and all: no
+    line of Python, whole or broken, reads so.
     Indented lines and comments are never prose."""
     if not line.strip() or line[:1].isspace():
         return False
     bare = _STRING.sub('""', line).split("#", 1)[0].strip()
-    if bare.startswith(("**", "`")) or _SENTENCE.fullmatch(bare):
-        return True
+    if bare.startswith(("**", "`")):
+        return True  # never Python at the start of a line
     tokens = _WORD_OR_SYMBOL.findall(bare)
-    words = [t[:1].isalpha() or t[:1] == "_" for t in tokens]
-    if len(tokens) == 2 and words[0] and tokens[1] == ":" and tokens[0] not in _CODE_WORDS:
+    plain = [(t[:1].isalpha() or t[:1] == "_") and t not in _CODE_WORDS for t in tokens]
+    if len(tokens) > 2 and plain[0] and tokens[0][0].isupper() and tokens[1].isalpha() and bare[-1] in ".!?:":
+        return True  # "The time complexity is O(n).", "Here is `add_one`:"
+    if _code_shaped(bare, tokens):
+        return False
+    if _SENTENCE.fullmatch(bare) or _LABEL.fullmatch(bare) or (len(tokens) == 2 and plain[0] and tokens[1] == ":"):
         return True
-    return any(
-        words[i] and words[i + 1] and tokens[i] not in _CODE_WORDS and tokens[i + 1] not in _CODE_WORDS
-        for i in range(len(tokens) - 1)
-    )
+    return any(plain[i] and plain[i + 1] for i in range(len(tokens) - 1))
+
+
+def _code_shaped(bare: str, tokens: list[str]) -> bool:
+    """A keyword first, an assignment, a call / subscript or an operator; in a label line, in its value."""
+    if tokens and tokens[0] in _CODE_WORDS and tokens[0].islower():  # not "None of these ..."
+        return True
+    if _LABEL.fullmatch(bare):
+        bare = bare.partition(":")[2]
+    return bool(_ASSIGNMENT.search(bare) or _CALL.search(bare) or _OPERATOR.search(bare))
 
 
 def _prose_free_span(text: str, problem: Problem) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import pytest
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.prompts import PromptTemplate, stop_strings
 from egcfg_pl.replay.experience import p2value
-from egcfg_pl.sampling.api import ApiSampler, ApiSettings, parse_choices, read_api_key
+from egcfg_pl.sampling.api import ApiSampler, ApiSettings, parse_choices, read_api_key, request_seed
 from egcfg_pl.sampling.api_retry import ApiRequestError, RequestBudgetExceeded, RetryPolicy
 from egcfg_pl.sampling.base import Sampler
 
@@ -160,9 +160,32 @@ def test_n_fallback_sends_further_requests_with_distinct_seeds(tmp_path, key_env
         seeds = [b["seed"] for b in server.bodies]
         asked = [b["n"] for b in server.bodies]
     assert server.requests == 6 and len(candidates) == 6
-    assert seeds == [7, 8, 9, 7, 8, 9] and asked == [3, 2, 1, 3, 2, 1]
+    per_problem = [request_seed(7, 0, (), k) for k in range(3)]
+    assert seeds == per_problem * 2 and len(set(per_problem)) == 3 and asked == [3, 2, 1, 3, 2, 1]
     assert len({c.text for c in candidates[:3]}) == 3
     assert caplog.text.count("requested choices") == 1  # said once, not per request
+
+
+def test_request_seeds_differ_per_iteration_stream_and_index(tmp_path, key_env):
+    """`seed + iteration*n + index` ignored the stream (every chunk and rank of an iteration sent the same
+    seeds) and repeated across base seeds and iterations (seed 0, iteration 1 = seed 2, iteration 0 with
+    n = 2). Now every (seed, iteration, stream, request index) has its own seed, and the stream is part of
+    the cache key (so a repeated stream hits the cache and a new one does not)."""
+    problems = make_problems(1)
+    draws = [(seed, iteration, stream) for seed in (0, 2) for iteration in (0, 1)
+             for stream in ((0, 0), (0, 1), (1, 0))]
+    with FaultServer(max_choices=1) as server:  # two requests per problem: indices 0 and 1
+        for seed, iteration, stream in draws:
+            ApiSampler(make_settings(server, tmp_path, seed=seed)).sample(problems, iteration=iteration, stream=stream)
+        sent = server.requests
+        seeds = [b["seed"] for b in server.bodies]
+        ApiSampler(make_settings(server, tmp_path, seed=0)).sample(problems, iteration=1, stream=(1, 0))
+        assert server.requests == sent  # a cache hit
+    assert sent == 2 * len(draws) and len(set(seeds)) == len(seeds)
+    assert all(0 <= s < 2**31 for s in seeds)  # servers read a 32-bit seed
+    assert seeds[:2] == [request_seed(0, 0, (0, 0), k) for k in range(2)]
+    keys = {(it, st, k) for it in range(3) for st in ((), (0,), (0, 0), (1,), (1, 0)) for k in range(3)}
+    assert len({request_seed(5, *key) for key in keys}) == len(keys)  # (it, k) vs (it, k, 0): no zero padding
 
 
 def test_unknown_possibility_is_none_and_counted(tmp_path, key_env, caplog):

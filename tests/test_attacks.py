@@ -220,6 +220,17 @@ def test_always_equal_objects(executor):
     check(executor, call_problem([1, 2]), evil + "def f():\n    return Eq()\n", [F])
 
 
+def test_modules_named_by_the_program_are_not_imported_by_the_judge(executor):
+    """A returned module crosses by name and the test process used to import it: `unittest.__main__` and
+    `venv.__main__` ran their command lines in the trusted process and raised SystemExit there."""
+    for name in ("unittest.__main__", "venv.__main__", "antigravity"):
+        prog = f"import types\ndef add(a, b):\n    return types.ModuleType({name!r})\n"
+        verdict = executor.run(problem("assert candidate(1, 2) == 3"), prog)
+        assert [r.status for r in verdict.results] == [F], verdict
+        assert verdict.results[0].detail == "got <opaque module>", verdict
+    check(executor, problem("assert candidate(1, 2) == 3"), "import math\ndef add(a, b):\n    return math\n", [F])
+
+
 def test_closing_all_descriptors(executor):
     check(executor, problem(), "import os\nos.closerange(0, 4096)\n" + GOOD, [K, K])
 

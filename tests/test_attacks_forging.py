@@ -11,6 +11,7 @@ passed; with the tests in their own process each must be judged failed (no test 
 
 from __future__ import annotations
 
+import builtins
 import os
 
 import pytest
@@ -178,3 +179,98 @@ def test_the_program_cannot_read_the_test_code_after_a_restart():
     with Executor(timeout=0.5, workers=1) as ex:
         verdict = ex.run(prob, LOOKUP + hang)
     assert [r.status for r in verdict.results] == [Status.TIMEOUT, Status.FAILED], verdict
+
+
+# An impostor: the program writes its own first ("ready") line to the reply pipe (descriptor 4) and
+# answers the test process's calls itself (descriptor 3), offering names the tests never asked for.
+# On the first two-process harness every offered name landed in the test namespace: `range` returning
+# [] emptied /32's and /38's `for _ in range(100)` loops, so the wrong bodies were judged passed.
+IMPOSTOR = '''
+import json, os
+
+def _enc(v):
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return {"i": str(v)}
+    if isinstance(v, float):
+        return {"f": repr(v)}
+    if isinstance(v, str):
+        return {"s": v}
+    if isinstance(v, (list, tuple)):
+        return {"l": [_enc(x) for x in v]}
+    return {"o": "x"}
+
+def _dec(e):
+    if e is None or isinstance(e, bool):
+        return e
+    (t, x), = e.items()
+    if t in ("i", "f", "s"):
+        return {"i": int, "f": float, "s": str}[t](x)
+    return [_dec(y) for y in x] if t in ("l", "t") else None
+
+_objs = [OBJECTS]
+os.write(4, (json.dumps({"ready": {"l": [{"t": [{"s": n}, e]} for n, e in PAIRS]}}) + "\\n").encode())
+for _line in os.fdopen(3, "rb"):
+    _req = json.loads(_line)
+    try:
+        _out = {"v": _enc(_objs[_req["h"]](*_dec(_req["args"])))}
+    except Exception as _e:
+        _out = {"e": [type(_e).__name__, str(_e)]}
+    os.write(4, (json.dumps(_out) + "\\n").encode())
+os._exit(0)
+'''
+
+
+def impostor(body: str, entry: str, offered: dict[str, str], raw: dict[str, object] | None = None) -> str:
+    """``body`` (defining ``entry``) + an impostor that offers ``entry`` and each name of ``offered``
+    (name -> Python expression, served as a handle) and of ``raw`` (name -> an encoded value as is)."""
+    objects = [entry, *offered.values()]
+    pairs = [[name, {"h": [k, "function"]}] for k, name in enumerate([entry, *offered])]
+    pairs += [[name, value] for name, value in (raw or {}).items()]
+    return body + IMPOSTOR.replace("OBJECTS", ", ".join(objects)).replace("PAIRS", repr(pairs))
+
+
+def test_an_impostor_offering_range_is_judged_failed(executor, humaneval):
+    """The reviewer's attack: the wrong bodies of /32 and /38 plus a `range` that returns []."""
+    for p in humaneval:
+        body = p.prompt.rstrip() + "\n" + WRONG[p.entry_point] + "import time\n"
+        verdict = executor.run(p, impostor(body, p.entry_point, {"range": "lambda *a, **k: []"}))
+        assert verdict.passed == 0, (p.id, verdict)
+
+
+SHADOWED = {  # builtin -> (test, a wrong `f`, the program's stand-in for the builtin)
+    "abs": ("assert abs(f(2) - 4) < 1e-9", "def f(x):\n    return 0\n", "lambda *a: 0"),
+    "len": ("assert len(f(3)) == 3", "def f(n):\n    return []\n", "lambda *a: 3"),
+    "sorted": ("assert sorted(f([3, 1, 2])) == [1, 2, 3]", "def f(xs):\n    return []\n", "lambda *a: [1, 2, 3]"),
+    "isinstance": ("assert isinstance(f(), int)", "def f():\n    return 'no'\n", "lambda *a: True"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHADOWED))
+def test_an_impostor_shadowing_a_builtin_is_judged_failed(executor, name):
+    test, body, stand_in = SHADOWED[name]
+    prob = Problem(f"attack/{name}", "custom", "test", "f", (TestCase("assert", code=test),), entry_point="f")
+    assert executor.run(prob, body).passed == 0
+    verdict = executor.run(prob, impostor(body, "f", {name: stand_in}))
+    assert verdict.passed == 0, verdict
+
+
+def test_an_impostor_replacing_the_builtins_is_judged_failed(executor, humaneval):
+    """A fake `__builtins__` dict for the test namespace: the test process's own builtins (they cross by
+    name) but the program's `range`, enough for /32's check to run without its loop."""
+    p = humaneval[0]
+    body = p.prompt.rstrip() + "\n" + WRONG[p.entry_point] + "import time\n"
+    names = [n for n in dir(builtins) if isinstance(getattr(builtins, n), (type, type(len))) and n != "range"]
+    fake = {"d": [[{"s": n}, {"B": n}] for n in names] + [[{"s": "range"}, {"h": [1, "function"]}]]}
+    program = impostor(body, p.entry_point, {}, {"__builtins__": fake})
+    program = program.replace("_objs = [find_zero]", "_objs = [find_zero, lambda *a, **k: []]")
+    verdict = executor.run(p, program)
+    assert verdict.passed == 0, verdict
+
+
+def test_an_impostor_replacing_a_prompt_helper_is_judged_failed(executor, humaneval):
+    """/38's check encodes with the dataset's `encode_cyclic`; an offered identity must not replace it."""
+    p = humaneval[1]
+    program = impostor("def decode_cyclic(s):\n    return s\n", "decode_cyclic", {"encode_cyclic": "lambda s: s"})
+    assert executor.run(p, program).passed == 0

@@ -14,6 +14,7 @@ from egcfg_pl.prompts import (
     program_span,
     stop_strings,
 )
+from egcfg_pl.prompts import _is_prose
 
 CHAT = PromptTemplate()
 COMPLETION = PromptTemplate(style="completion")
@@ -179,6 +180,31 @@ def test_only_prose_lines_are_dropped():
     assert extract_program(labelled, PLAIN) == "def add_one(x):\n    return x + 1  # the answer"
     code_only = "import numpy as np\nfrom math import pi\nx = 1 if pi else 2\nassert x is not None"
     assert extract_program(code_only + "\nfoo(", PLAIN) == code_only + "\nfoo("  # nothing here is prose
+
+
+@pytest.mark.parametrize("line", [
+    "x = not valid code here", "result = add(1,", "total += x", "foo(", "print(add_one(1)", "return x",
+    "import numpy as np", "if x > 0:", "a == b", "Output: add(1, 2)", "Note: x = 3", "Call add_one(1) to get 2",
+])
+def test_code_shaped_lines_are_never_prose(line):
+    """A broken line of code at either end is kept (the program is scored as written, issue 10 item 6):
+    `x = not valid code here` used to count as prose (two plain words side by side) and was dropped."""
+    assert not _is_prose(line)
+    program = extract_program("def add_one(x):\n    return x + 1\n" + line, PLAIN)
+    assert program.endswith(line)
+
+
+@pytest.mark.parametrize("line", [
+    "Output: 3", "Input: 1 2", "Output: [1, 2]", "Returns: True", "Explanation:", "Here is the code:",
+    "Sure! Here is the function.", "That is all.", "None of these work.", "The time complexity is O(n).",
+    "Here is `add_one`:", "**Solution:**",
+])
+def test_natural_language_and_labels_are_prose(line):
+    """`Output: 3` (a label and its value) used to count as code and was kept, breaking the program (a
+    reply that compiles as it is, `Output: 3` being an annotation, is kept whole)."""
+    assert _is_prose(line)
+    text = "Here it is:\n" + line + "\ndef add_one(x):\n    return x + 1\n" + line + "\nThat is all."
+    assert extract_program(text, PLAIN) == "def add_one(x):\n    return x + 1"
 
 
 @pytest.mark.parametrize(

@@ -332,3 +332,45 @@ def test_trusted_test_code_takes_helpers_from_the_prompt():
     assert program_names(("root = Node(1)", "assert depth(root) == abs(-1)"), "depth") == ("Node", "depth")
     assert program_names(("assert max(1) == 1",), "max") == ("max",)  # an entry point shadowing a builtin
     assert setup_imports("import math\nx = 1\nfrom re import sub") == "import math\nfrom re import sub"
+
+
+def test_program_names_never_include_dunders():
+    from egcfg_pl.sandbox.testcode import program_names
+
+    assert program_names(("assert f(__file__) == __builtins__",), "f") == ("f",)
+
+
+def test_the_test_process_accepts_only_the_names_it_asked_for():
+    """The program writes its own first line: every offered (name, value) pair is checked against the
+    tests' own names; nothing else (a builtin, a dunder, a helper, a second copy, a bare value) gets in."""
+    import sys
+
+    from egcfg_pl.sandbox.remote import Remote, accept
+
+    def handle(k):
+        return Remote(None, k, "function")
+
+    names = ("Node", "f", "sum")
+    f, node = handle(0), handle(1)
+    assert accept([("f", f), ("Node", node)], names, "f") == ("", {"f": f, "Node": node})
+    assert accept([("sys", sys)], ("sys", "f"), "f") == ("", {"sys": sys})  # mbpp/596 reads the program's sys
+    assert accept([("sum", f)], ("sum",), "sum") == ("", {"sum": f})  # mbpp/126: the entry point is `sum`
+    for pairs in ([("f", f), ("range", node)], [("f", f), ("f", node)], [("__builtins__", node)],
+                  [("sum", node)], [("f", 3)], [("f", len)], [("f", f, f)], [(3, f)], {"f": f}, "f"):
+        why, accepted = accept(pairs, names, "f")
+        assert why and accepted == {}, pairs
+    assert accept([("__x__", f)], ("__x__",), "__x__")[0]  # a dunder even when asked for
+
+
+def test_modules_named_by_the_program_are_never_imported_by_the_test_process():
+    """`unittest.__main__` runs a test runner on import and raises SystemExit; the test process only
+    hands out modules it already has."""
+    import sys
+
+    from egcfg_pl.sandbox.remote import _own_module
+
+    for name in ("unittest.__main__", "venv.__main__", "antigravity", "this", "__main__", "no.such.module"):
+        had = name in sys.modules
+        assert isinstance(_own_module(name), Opaque), name
+        assert (name in sys.modules) == had, name
+    assert _own_module("sys") is sys and _own_module("math") is sys.modules["math"]

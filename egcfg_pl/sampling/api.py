@@ -47,6 +47,7 @@ from egcfg_pl.prompts import (
 )
 from egcfg_pl.sampling.api_cache import ResponseCache
 from egcfg_pl.sampling.api_retry import ApiRequestError, RequestBudget, RetryPolicy, call_with_retries
+from egcfg_pl.sampling.base import derive_seed
 from egcfg_pl.sampling.candidate import Candidate, LogprobScope
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,17 @@ NO_KEY_SETTINGS = ("none", "")  # api_key_env values meaning "this server needs 
 TEMPLATE_STYLE = {"chat": "chat", "completions": "completion"}  # the prompt style each endpoint takes
 OPENAI_MAX_STOP = 4  # OpenAI rejects requests with more stop strings
 NO_KEY_PLACEHOLDER = "no-key"  # sent to servers without authentication (the client insists on some key)
+_Draw = tuple[int, tuple[int, ...]]  # (iteration, stream): which random draw a request belongs to
+
+
+def request_seed(seed: int, iteration: int, stream: Sequence[int], index: int) -> int:
+    """The seed of request ``index`` (per problem; the prompt tells problems apart) of ``iteration`` in
+    ``stream``: ``derive_seed`` over all of them (with the stream's length, as numpy's SeedSequence pads
+    short inputs with zeros: ``(it, k)`` and ``(it, k, 0)`` would collide), folded to 31 bits because
+    servers read it as a 32-bit integer (llama.cpp: uint32, where 0xFFFFFFFF means "random").
+    ``seed + iteration·n + index`` ignored the stream (every chunk and rank of an iteration sent the same
+    seeds) and collided across base seeds (seed 0, iteration 1 = seed n, iteration 0)."""
+    return derive_seed(seed, iteration, len(stream), *stream, index) & 0x7FFFFFFF
 
 
 @dataclass
@@ -105,7 +117,8 @@ class ApiSettings:
     cache_dir: str | None = "checkpoints/api_cache"
     """Folder for the response cache (one JSON file per response); null disables it."""
     seed: int | None = 0
-    """Base sampling seed; request k of iteration i for a problem uses seed + i·n + k. null: no seed."""
+    """Base sampling seed; request k of iteration i in stream s (the refresh's (rank, chunk)) sends
+    ``request_seed(seed, i, s, k)``, distinct for every (i, s, k). null: no seed."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -312,10 +325,12 @@ class ApiSampler:
     ) -> list[Candidate]:
         """``n`` candidates per problem, grouped by problem in input order (rank = request order).
 
-        ``stream`` is accepted for the ``Sampler`` interface and unused: each request's seed already differs per
-        (iteration, request index) and the prompt differs per problem, so chunks and ranks never repeat a request."""
+        ``stream`` names the random stream beside the iteration (the refresh passes ``(rank, chunk)``): request
+        ``k`` of a problem sends the seed ``request_seed(seed, iteration, stream, k)``, so no two (iteration,
+        stream, k) share a seed (the prompt differs per problem); the stream is part of the cache key too."""
         start, sent, hits = time.perf_counter(), self.requests_sent, self.cache_hits
-        candidates = [c for group in self._sample_all(problems, iteration) for c in group]
+        key = (iteration, tuple(int(x) for x in stream))
+        candidates = [c for group in self._sample_all(problems, key) for c in group]
         self._count_unknown(candidates)
         self.last_stats = ApiSamplingStats(
             problems=len(problems), candidates=len(candidates), generated_tokens=sum(c.num_tokens for c in candidates),
@@ -324,7 +339,7 @@ class ApiSampler:
         log.info("%s: %s", self.name, self.last_stats)
         return candidates
 
-    def _sample_all(self, problems: Sequence[Problem], iteration: int) -> list[list[Candidate]]:
+    def _sample_all(self, problems: Sequence[Problem], key: _Draw) -> list[list[Candidate]]:
         """Problems in parallel (``concurrency`` at a time). On the first failure (or Ctrl-C) nothing new
         is sent; requests in flight finish and are cached; then the failure is raised."""
         if not problems:
@@ -332,7 +347,7 @@ class ApiSampler:
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(problems)))
         try:
-            futures = [pool.submit(self._sample_problem_or_stop, p, iteration) for p in problems]
+            futures = [pool.submit(self._sample_problem_or_stop, p, key) for p in problems]
             wait(futures, return_when=FIRST_EXCEPTION)
             errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if errors:
@@ -344,19 +359,20 @@ class ApiSampler:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _sample_problem_or_stop(self, problem: Problem, iteration: int) -> list[Candidate]:
+    def _sample_problem_or_stop(self, problem: Problem, key: _Draw) -> list[Candidate]:
         try:
-            return self._sample_problem(problem, iteration)
+            return self._sample_problem(problem, key)
         except BaseException:
             self._stop.set()  # before this worker takes the next problem
             raise
 
-    def _sample_problem(self, problem: Problem, iteration: int) -> list[Candidate]:
-        """Ask for all ``n`` in one request; if fewer come back, ask again for the rest (new seed)."""
-        n, completions, index = self.settings.n, [], 0
+    def _sample_problem(self, problem: Problem, key: _Draw) -> list[Candidate]:
+        """Ask for all ``n`` in one request; if fewer come back, ask again for the rest (new seed).
+        ``key`` is (iteration, stream)."""
+        n, completions, index, iteration = self.settings.n, [], 0, key[0]
         while len(completions) < n:
             need = n - len(completions)
-            got = parse_choices(self._fetch(problem, iteration, index, need), self.settings.endpoint)
+            got = parse_choices(self._fetch(problem, key, index, need), self.settings.endpoint)
             if len(got) < need:
                 self._warn_once("n", "%s returned %d of %d requested choices (the server ignores `n`?); "
                                 "sending further requests for the rest", self.name, len(got), need)
@@ -372,9 +388,9 @@ class ApiSampler:
         return Candidate(problem.id, program, c.text, logprob, num_tokens, self.name, iteration, rank,
                          truncated=c.truncated, logprob_scope=scope)
 
-    def _fetch(self, problem: Problem, iteration: int, index: int, need: int) -> dict[str, Any]:
+    def _fetch(self, problem: Problem, key: _Draw, index: int, need: int) -> dict[str, Any]:
         """The response to request ``index`` for ``problem``: from the cache, else sent (and cached)."""
-        request = self._request(problem, iteration, index, need)
+        request = self._request(problem, key, index, need)
         cached = self.cache.get(request)
         if cached is not None:
             with self._lock:
@@ -398,9 +414,9 @@ class ApiSampler:
         if self._stop.wait(seconds):
             raise _Cancelled()
 
-    def _request(self, problem: Problem, iteration: int, index: int, need: int) -> dict[str, Any]:
+    def _request(self, problem: Problem, key: _Draw, index: int, need: int) -> dict[str, Any]:
         """Everything that determines the response (JSON-native): the cache key and the call's arguments."""
-        s = self.settings
+        s, (iteration, stream) = self.settings, key
         params: dict[str, Any] = {"n": need, "temperature": s.temperature, "top_p": s.top_p,
                                   "max_tokens": s.max_tokens}
         stop = self._stop_strings(problem)
@@ -411,12 +427,12 @@ class ApiSampler:
         if stop:
             params["stop"] = stop
         if s.seed is not None:
-            params["seed"] = s.seed + iteration * s.n + index
+            params["seed"] = request_seed(s.seed, iteration, stream, index)
         if s.logprobs:  # chat: llama.cpp returns content log-probs only with top_logprobs set too
             params.update({"logprobs": True, "top_logprobs": 1} if s.endpoint == "chat" else {"logprobs": 1})
         text_input = build_messages(problem, self.template) if s.endpoint == "chat" else self._prompt(problem)
         return {"base_url": s.resolved_base_url, "model": s.model, "endpoint": s.endpoint, "input": text_input,
-                "params": params, "iteration": iteration, "index": index}
+                "params": params, "iteration": iteration, "stream": list(stream), "index": index}
 
     def _stop_strings(self, problem: Problem) -> list[str]:
         if self.settings.stop_strings is not None:

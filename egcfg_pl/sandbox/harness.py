@@ -19,7 +19,7 @@ import signal
 import sys
 
 from egcfg_pl.sandbox.remote import Channel, ProgramLost, Remote, serve  # inlined
-from egcfg_pl.sandbox.values import encode_value  # inlined
+from egcfg_pl.sandbox.values import Opaque, encode_value  # inlined
 
 _BLOCKED_EVENTS = {
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
@@ -273,9 +273,10 @@ def child_tests(tests, start, report, channel):
 
 
 def _test_namespace(tests, channel, report):
-    """The test code's globals: the program's names as proxies, then the problem's helpers and setup."""
+    """The test code's globals: the program's names as proxies (only those the tests asked for:
+    ``remote.accept``), then the problem's helpers and setup, which bind over them."""
     try:
-        hello = channel.hello()
+        hello = channel.hello(tests["names"], tests["entry"])
         if hello[0] == "fail":
             status = hello[1] if hello[1] in _FAIL_STATUSES else "error"
             report(t="fail", status=status, detail=hello[2])
@@ -309,6 +310,8 @@ def _run_test(test, ns, channel):
 
 def _opaque(v):
     """How a value of the test process reaches the host when it is not plain data."""
+    if isinstance(v, Opaque):  # already opaque on arrival (a module the test process does not have)
+        return {"o": str(v.type_name)}
     return {"o": v._type if isinstance(v, Remote) else type(v).__name__}
 
 

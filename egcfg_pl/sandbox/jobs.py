@@ -112,7 +112,8 @@ def build_jobs(problem: Problem, program: str, config: SandboxConfig) -> list[Jo
         spec = {"kind": "inprocess", "name": "__solution__", "program": program,
                 "setup": setup_imports(problem.test_setup), "names": list(names), "n": len(pairs),
                 "limits": _limits(config, len(pairs))}
-        jobs.append(Job(spec, {"setup": setup, "tests": [p[0] for p in pairs]}, [p[1] for p in pairs]))
+        tests = {"setup": setup, "tests": [p[0] for p in pairs], "names": list(names), "entry": problem.entry_point}
+        jobs.append(Job(spec, tests, [p[1] for p in pairs]))
     if stdio:
         spec = {"kind": "stdio", "name": "__main__", "program": program, "setup": "",
                 "tests": [t.input for _, t in stdio], "limits": _limits(config, 1)}

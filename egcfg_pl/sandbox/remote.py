@@ -13,11 +13,11 @@ the process that made them. The program's come back as ``Remote`` handles, which
 ``bool``, ``len`` and iteration (each answer again plain data or a handle). Non-plain values of the
 test side (a lambda, an object of a class the test setup defines) reach the program as ``Opaque``
 markers; builtin types and functions (``int``, ``len``) cross by name; a module the program imported
-is imported anew by the test process itself. Standard library only: part of the fork server's source.
+is the test process's own module of that name when it has one already (never imported for it), else
+opaque. Standard library only: part of the fork server's source.
 """
 
 import builtins
-import importlib
 import json
 import os
 import sys
@@ -133,18 +133,28 @@ class Channel:
         self.reader.close()
         os.close(self.wfd)
 
-    def hello(self):
-        """The program's first line: ``("ready", [(name, value), ...])`` with its values of the names asked
-        for, or ``("fail", status, detail)`` when it could not run."""
+    def hello(self, names, entry):
+        """The program's first line: ``("ready", {name: value})`` with its values of the names the tests
+        asked for (``names``; see ``accept``), or ``("fail", status, detail)`` when it could not run.
+        The program writes that line itself, so it is checked here, never trusted: an offered name the
+        tests did not ask for ends the run (KILLED)."""
         reply = self._read()
         if "fail" in reply:
-            status, detail = reply["fail"]
+            try:
+                status, detail = reply["fail"]
+            except (TypeError, ValueError):
+                self._lose("malformed first line from the program")
             return ("fail", str(status), str(detail)[:300])
         try:
             pairs = decode_value(reply["ready"], resolve=self._resolve)
-            return ("ready", [(str(name), value) for name, value in pairs])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # anything the program wrote: a reason to stop, never to crash the judge
             self._lose(f"malformed first line from the program ({type(e).__name__})")
+        why, accepted = accept(pairs, names, entry)
+        if why:
+            self._lose(f"first line from the program rejected: {why}")
+        return ("ready", accepted)
 
     def ask(self, op, **fields):
         if self.lost:
@@ -158,7 +168,9 @@ class Channel:
             raise _exception(reply["e"])
         try:
             return decode_value(reply["v"], resolve=self._resolve)
-        except (KeyError, TypeError, ValueError, AttributeError, ImportError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # e.g. Fraction(1, 0), a bad Decimal, nesting past the recursion limit
             raise ProgramError(f"unreadable value from the program ({type(e).__name__})") from None
 
     def _read(self):
@@ -187,17 +199,42 @@ class Channel:
         return encode_value(v, other=_encode_test_side)
 
 
+def accept(pairs, names, entry):
+    """(why not, accepted ``{name: value}``): the program's values for the names the tests asked for.
+
+    The test namespace is trusted: only a name in ``names`` (what the tests read but never bind,
+    ``testcode.program_names``), never a dunder (``__builtins__``) and never a builtin other than the
+    entry point itself (mbpp/126's entry point is ``sum``) may come from the program, each at most once,
+    and only as a handle or a module: a program that offers ``range`` or ``abs`` does not replace the
+    test process's own. The problem's helpers are bound by its setup afterwards, over any program name.
+    """
+    allowed = {n for n in names if not n.startswith("__") and (n == entry or not hasattr(builtins, n))}
+    if type(pairs) is not list:
+        return "not a list of (name, value) pairs", {}
+    accepted = {}
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str:
+            return "not a list of (name, value) pairs", {}
+        name, value = pair
+        if name not in allowed:
+            return f"the tests did not ask for {name[:50]!r}", {}
+        if name in accepted:
+            return f"{name!r} offered twice", {}
+        if type(value) is not Remote and not isinstance(value, types.ModuleType):
+            return f"{name!r} is not a handle or a module", {}
+        accepted[name] = value
+    return "", accepted
+
+
 def _own_module(name):
-    """The test process's own module of that name: one it has already imported, or a standard-library one
-    without import side effects; anything else stays opaque (the program chose the name)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    if name.partition(".")[0] in sys.stdlib_module_names and name not in ("antigravity", "this"):
-        try:
-            return importlib.import_module(name)
-        except Exception:
-            pass
-    return Opaque("module")
+    """The test process's own module of that name if it has already imported it, else opaque.
+
+    Never an import: the program chose the name, and importing runs module code in the long-lived
+    trusted process (``unittest.__main__`` runs a test runner and raises ``SystemExit``). ``__main__``
+    (the fork server's) stays opaque too.
+    """
+    module = sys.modules.get(name) if type(name) is str and name != "__main__" else None
+    return module if isinstance(module, types.ModuleType) else Opaque("module")
 
 
 def _encode_test_side(v):

@@ -53,8 +53,9 @@ def setup_imports(setup: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 12)
 def program_names(codes: tuple[str, ...], entry_point: str) -> tuple[str, ...]:
-    """Names the test code reads but never binds, builtins aside (the entry point always, even when it
-    shadows a builtin): the ones to take from the program."""
+    """Names the test code reads but never binds, builtins and dunders aside (the entry point always,
+    even when it shadows a builtin): the ones to take from the program. The test process accepts
+    no other name from it (``remote.accept``)."""
     read, bound = set(), set()
     for code in codes:
         tree = _parse(code)
@@ -69,5 +70,6 @@ def program_names(codes: tuple[str, ...], entry_point: str) -> tuple[str, ...]:
                 bound.add((node.asname or node.name).split(".")[0])
             elif isinstance(node, ast.ExceptHandler) and node.name:
                 bound.add(node.name)
-    names = (read - bound - set(dir(builtins))) | ({entry_point} if entry_point else set())
+    names = {n for n in read - bound - set(dir(builtins)) if not n.startswith("__")}
+    names |= {entry_point} if entry_point else set()
     return tuple(sorted(names))
