@@ -79,3 +79,9 @@ def test_two_chunks_of_one_refresh_do_not_share_a_random_stream(tiny):
     assert streams == [(0, 0), (0, 1)]
     texts = {pid: [e.candidate.text for e in experiences if e.problem_id == pid] for pid in ("custom/a", "custom/b")}
     assert len(texts["custom/a"]) == 2 and texts["custom/a"] != texts["custom/b"]
+
+
+def test_derive_seed_tells_a_shorter_stream_from_one_padded_with_zeros():
+    from egcfg_pl.sampling.base import derive_seed
+
+    assert derive_seed(0, 1) != derive_seed(0, 1, 0) != derive_seed(0, 1, 0, 0)

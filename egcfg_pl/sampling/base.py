@@ -19,7 +19,8 @@ def derive_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed for one random stream, e.g. ``(seed, iteration, rank, chunk)``: distinct parts give
     independent streams (numpy's SeedSequence hashing), where ``seed + iteration`` would repeat a stream in
     every chunk and on every rank."""
-    words = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
+    # the count of parts goes in too: SeedSequence pads its entropy with zeros, so (s, 1) would equal (s, 1, 0)
+    words = np.random.SeedSequence([seed, len(parts), *parts]).generate_state(2, dtype=np.uint32)
     return int((int(words[0]) << 31) ^ int(words[1]))
 
 
