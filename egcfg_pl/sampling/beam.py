@@ -3,11 +3,15 @@
 Each candidate's possibility comes from the model itself: ``logprob = Σ_i log p(t_i | X, t_<i)`` over the
 generated tokens that were kept (through the EOS or the token that completed a stop string; padding
 excluded), i.e. log P(t) with P(t) = Π p(token) as in the paper (stored once, never length-normalised).
-It is recomputed by teacher forcing over prompt + kept tokens (``sequence_logprobs``) instead of being read
-off the search: HF's beam ``sequences_scores`` are divided by length**length_penalty, sampling scores are
-temperature/top-p warped, and a stop string can end inside a token, so the search's own scores are not the
-model's probability of what we keep. Keeping the search's per-step scores instead would hold
-steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k vocabulary).
+
+Greedy and nucleus sampling run on the continuous-batching engine (``engine.ContinuousDecoder``), which reads
+each kept token's log p (T = 1, unwarped) off the logits it decodes from. Beam search (and the reference path,
+``continuous: false``) runs ``model.generate`` per batch and recomputes the log-prob by teacher forcing over
+prompt + kept tokens (``sequence_logprobs``): HF's beam ``sequences_scores`` are divided by
+length**length_penalty, sampling scores are temperature/top-p warped, and a stop string can end inside a token,
+so the search's own scores are not the model's probability of what we keep. Keeping the search's per-step
+scores instead would hold steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k
+vocabulary).
 """
 
 from __future__ import annotations
@@ -20,18 +24,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.base import derive_seed
 from egcfg_pl.sampling.candidate import Candidate
+from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits of one rescoring forward pass
 RESCORE_ROWS = 64  # rows re-scored together (the KV cache of these rows is held at once, as in generation)
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"  # 5.x name
 
 
 @dataclass(frozen=True)
@@ -303,14 +306,14 @@ class HFSampler:
             return []
         prompts = [encode_prompt(self.tokenizer, build_prompt(p, self.tokenizer, self.template)) for p in problems]
         batches = length_buckets([len(p) for p in prompts], self.settings.batch_size, self.settings.length_buckets)
-        results: dict[int, list[Generation]] = {}
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
-                for batch in batches:
+                results = self._decode_continuous(problems, prompts, bar) if self._continuous() else {}
+                for batch in batches if not results else []:
                     gens = self._generate_batch(batch, [problems[i] for i in batch], [prompts[i] for i in batch])
                     results.update(zip(batch, gens))
                     bar.update(len(batch))
@@ -320,6 +323,33 @@ class HFSampler:
         self.last_stats.candidates = len(ordered)
         self.last_stats.generated_tokens = sum(len(g.token_ids) for g in ordered)
         return ordered
+
+    def _continuous(self) -> bool:
+        return self.settings.continuous and self.settings.strategy in ("greedy", "sample")
+
+    def _decode_continuous(self, problems: Sequence[Problem], prompts: list[list[int]], bar) -> dict[int, list[Generation]]:
+        """Greedy / nucleus sampling on the continuous-batching engine; {} when the model's cache is not one it
+        can re-lay out (the caller then takes the ``generate`` path)."""
+        s = self.settings
+        per = s.candidates_per_problem
+        trackers = [self.tracker(p) for p in problems]
+        requests = [
+            Request(tuple(prompt), tracker, s.budget(p.source), per) for p, prompt, tracker in zip(problems, prompts, trackers)
+        ]
+        picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
+        decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker)
+        start = time.perf_counter()
+        try:
+            decoded = decoder.run(requests, on_done=lambda i: bar.update(1))
+        except NotImplementedError:
+            return {}
+        self.last_stats.generate_seconds += time.perf_counter() - start
+        results: dict[int, list[Generation]] = {i: [] for i in range(len(problems))}
+        for d in decoded:
+            results[d.request].append(
+                self._generation(d.request, d.copy, list(d.token_ids), d.logprob, trackers[d.request], d.truncated)
+            )
+        return results
 
     def _rng(self, iteration: int, stream: Sequence[int] = ()):
         """``sample`` reseeds torch from (seed, iteration, *stream) (``derive_seed``); the RNG is forked so training
@@ -339,17 +369,20 @@ class HFSampler:
         ids, mask = (t.to(device) for t in pad(prompts, self.pad_id, left=True))  # (batch, P)
         p_len = ids.shape[1]
         trackers = [self.tracker(p) for p in problems]
+        budgets = [self.settings.budget(p.source) for p in problems]
+        config = generation_config(self.settings, self.pad_id, self.eos_ids)
+        config.max_new_tokens = max(budgets)
         start = time.perf_counter()
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            generation_config=generation_config(self.settings, self.pad_id, self.eos_ids),
+            generation_config=config,
             stopping_criteria=StoppingCriteriaList([StopOnStrings(trackers, p_len)]),
         )
         self.last_stats.generate_seconds += time.perf_counter() - start
         per = self.settings.candidates_per_problem  # rows come grouped by problem, best beam first
         rows = out[:, p_len:].tolist()
-        cut = [cut_and_finish(row, set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
+        cut = [cut_and_finish(row[: budgets[r // per]], set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
         kept = [ids for ids, _ in cut]
         truncated = [not finished for _, finished in cut]
         start = time.perf_counter()
