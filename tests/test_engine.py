@@ -138,3 +138,15 @@ def test_budget_by_source_validated():
     assert GenerationSettings(max_new_tokens=7).budget("humaneval") == 7
     with pytest.raises(ValueError, match="max_new_tokens_by_source"):
         GenerationSettings(max_new_tokens_by_source={"mbpp": 0})
+
+
+def test_decoding_attention_is_restored(tiny, mixed):
+    model, tok = tiny
+    before = model.config._attn_implementation
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    try:
+        HFSampler(model, tok, settings(strategy="greedy", max_new_tokens=2)).generate(mixed[:1])
+    finally:
+        handle.remove()
+    assert set(seen) == {"eager"} and model.config._attn_implementation == before

@@ -8,6 +8,11 @@ ends (EOS, a stop string, or its token budget) and the next prompts take its slo
 Why not transformers' own continuous batching (``generate_batch``): it has no stop strings, its log-probs are
 those of the temperature/top-p warped distribution, and it is built around paged attention and CUDA graphs.
 
+Attention: on CPU the decoder runs the model with ``eager`` attention. torch's CPU SDPA kernel
+(``_scaled_dot_product_flash_attention_for_cpu``) spent 56 % of a bf16 decode step (16 rows, one query over ~200
+keys) where eager attention's two small matmuls cost a fraction of it: the step took half the time (see
+benchmarks/README.md). The implementation is switched back after the run.
+
 Log-probs: each kept token's ``log p`` under the model (T = 1, no warping) is taken from the same fp32 logits the
 token is chosen from, so ``Σ log p`` over the kept tokens equals a teacher-forced forward pass (tested to 1e-3)
 without a second pass. The row's cache is the same keys/values a forward pass computes, only in another batch
@@ -16,7 +21,8 @@ layout: left padding (masked) and rows of different lengths side by side, positi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -136,6 +142,21 @@ class _Batch:
             self.mask = self.mask[:, first:]
 
 
+@contextmanager
+def attention(model, implementation: str | None) -> Iterator[None]:
+    """Run a block with ``model``'s attention set to ``implementation`` (None: unchanged); restored after."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if implementation is None or current is None or current == implementation:
+        yield
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
 class ContinuousDecoder:
     """Decodes requests with at most ``slots`` rows at once; a finished row's slot goes to the next request.
 
@@ -144,17 +165,29 @@ class ContinuousDecoder:
     recurrent caches are not re-laid out here).
     """
 
-    def __init__(self, model, eos_ids: Sequence[int], pad_id: int, slots: int, picker: Picker | None = None):
+    def __init__(
+        self,
+        model,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        slots: int,
+        picker: Picker | None = None,
+        attention: str | None = "auto",
+    ):
         self.model = model
         self.eos_ids = set(eos_ids)
         self.pad_id = pad_id
         self.slots = max(1, slots)
         self.picker = picker or Picker()
         self.device = next(model.parameters()).device
+        self.attention = ("eager" if self.device.type == "cpu" else None) if attention == "auto" else attention
 
-    @torch.no_grad()
     def run(self, requests: Sequence[Request], on_done: Callable[[int], None] | None = None) -> list[Decoded]:
         """Every request's rows, in request order then copy order. ``on_done(i)`` fires when request i ends."""
+        with torch.no_grad(), attention(self.model, self.attention):
+            return self._run(requests, on_done)
+
+    def _run(self, requests: Sequence[Request], on_done: Callable[[int], None] | None) -> list[Decoded]:
         if any(r.copies > self.slots for r in requests):
             raise ValueError(f"a request has more copies than the decoder's {self.slots} slots")
         queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
