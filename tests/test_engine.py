@@ -150,3 +150,19 @@ def test_decoding_attention_is_restored(tiny, mixed):
     finally:
         handle.remove()
     assert set(seen) == {"eager"} and model.config._attn_implementation == before
+
+
+def test_beam_logprobs_recorded_by_the_search_without_rescore(tiny, mixed, monkeypatch):
+    import egcfg_pl.sampling.beam as beam
+
+    model, tok = tiny
+    s = settings(strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=6, batch_size=2)
+    reference = HFSampler(model, tok, s).generate(mixed[:3])
+
+    def no_rescore(*args, **kwargs):
+        raise AssertionError("beam candidates were re-scored by teacher forcing")
+
+    monkeypatch.setattr(beam, "sequence_logprobs", no_rescore)
+    gens = HFSampler(model, tok, s).generate(mixed[:3])
+    assert [g.token_ids for g in gens] == [g.token_ids for g in reference]
+    assert_matches_forward(model, tok, mixed, gens)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.base import derive_seed
+from egcfg_pl.sampling.beam_scores import BeamLogprobRecorder
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request
 from egcfg_pl.sampling.merged_lora import merged_lora
@@ -372,12 +373,14 @@ class HFSampler:
         budgets = [self.settings.budget(p.source) for p in problems]
         config = generation_config(self.settings, self.pad_id, self.eos_ids)
         config.max_new_tokens = max(budgets)
+        recorder = self._beam_recorder()
         start = time.perf_counter()
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=config,
             stopping_criteria=StoppingCriteriaList([StopOnStrings(trackers, p_len)]),
+            logits_processor=LogitsProcessorList([recorder] if recorder else []),
         )
         self.last_stats.generate_seconds += time.perf_counter() - start
         per = self.settings.candidates_per_problem  # rows come grouped by problem, best beam first
@@ -386,8 +389,7 @@ class HFSampler:
         kept = [ids for ids, _ in cut]
         truncated = [not finished for _, finished in cut]
         start = time.perf_counter()
-        row_prompts = [prompts[r // per] for r in range(len(kept))]
-        logprobs = sequence_logprobs(self.model, row_prompts, kept, self.pad_id)
+        logprobs = self._logprobs(prompts, kept, per, recorder)
         self.last_stats.rescore_seconds += time.perf_counter() - start
         return [
             [
@@ -398,6 +400,23 @@ class HFSampler:
             ]
             for b in range(len(indices))
         ]
+
+    def _beam_recorder(self) -> BeamLogprobRecorder | None:
+        """Beam search records its own exact log-probs (``beam_scores``); HF keeps max(2, 1 + n_eos) x num_beams
+        continuations per step, and so does the recorder."""
+        if self.settings.strategy != "beam":
+            return None
+        return BeamLogprobRecorder(max(2, 1 + len(self.eos_ids)) * self.settings.num_beams, self.settings.num_beams)
+
+    def _logprobs(self, prompts, kept, per: int, recorder: BeamLogprobRecorder | None) -> list[float]:
+        """Recorded beam log-probs where the search saw every kept token; teacher forcing for the rest."""
+        recorded = [recorder.logprob(r // per, row) if recorder else None for r, row in enumerate(kept)]
+        missing = [r for r, lp in enumerate(recorded) if lp is None]
+        if missing:
+            rescored = sequence_logprobs(self.model, [prompts[r // per] for r in missing], [kept[r] for r in missing], self.pad_id)
+            for r, lp in zip(missing, rescored):
+                recorded[r] = lp
+        return recorded
 
     @staticmethod
     def _generation(
