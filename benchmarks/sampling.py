@@ -123,18 +123,31 @@ class Row:
         return self.total / self.seconds
 
 
-def sampler_row(label, model, tokenizer, problems, settings, generate_only: bool = False) -> Row:
+@contextmanager
+def old_paths(generate_only: bool) -> Iterator[None]:
+    """Beam without its recorded log-probs (teacher-forced re-score, the project before), and with
+    ``generate_only`` no log-probs at all (the plain ``generate`` anchor); patched for one call only."""
+    import egcfg_pl.sampling.beam as beam
+
+    saved = beam.sequence_logprobs, HFSampler._beam_recorder
+    HFSampler._beam_recorder = lambda self: None
+    if generate_only:
+        beam.sequence_logprobs = lambda m, prompts, conts, pad: [float("nan")] * len(conts)
+    try:
+        yield
+    finally:
+        beam.sequence_logprobs, HFSampler._beam_recorder = saved
+
+
+def sampler_row(label, model, tokenizer, problems, settings, old: bool = False, generate_only: bool = False) -> Row:
+    """``old``: the pre-engine path (``model.generate`` per batch with the model's own attention, re-score)."""
+    if old:
+        settings = dataclasses.replace(settings, continuous=False, attention=None)
     sampler = HFSampler(model, tokenizer, settings, name="bench")
     with count_positions(model) as seen:
-        if generate_only:  # the anchor: generate, cut, no re-score (patched out for this call only)
-            import egcfg_pl.sampling.beam as beam
-
-            saved = beam.sequence_logprobs
-            beam.sequence_logprobs = lambda m, prompts, conts, pad: [float("nan")] * len(conts)
-            try:
+        if old:
+            with old_paths(generate_only):
                 gens = sampler.generate(problems)
-            finally:
-                beam.sequence_logprobs = saved
         else:
             gens = sampler.generate(problems)
     st = sampler.last_stats
@@ -207,14 +220,14 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
           f"{' ' + str(settings.num_beams) if settings.strategy == 'beam' else ''}, max_new_tokens "
           f"{settings.max_new_tokens}, batch {settings.batch_size}, {args.dtype}, {torch.get_num_threads()} threads, "
           f"load average before {load_avg}")
-    slow = dataclasses.replace(settings, continuous=False)
     rows = []
     if not args.skip_naive:
         rows.append(sampler_row("naive (1 problem per generate + re-score)", model, tokenizer, problems,
-                                dataclasses.replace(slow, batch_size=1)))
-    anchor = sampler_row("generate (batched, anchor)", model, tokenizer, problems, slow, generate_only=True)
+                                dataclasses.replace(settings, batch_size=1), old=True))
+    anchor = sampler_row("generate (batched, anchor)", model, tokenizer, problems, settings, old=True,
+                         generate_only=True)
     rows.append(anchor)
-    rows.append(sampler_row("generate + re-score (before)", model, tokenizer, problems, slow))
+    rows.append(sampler_row("generate + re-score (before)", model, tokenizer, problems, settings, old=True))
     engine = sampler_row("engine (project now)", model, tokenizer, problems, settings)
     rows.append(engine)
     if settings.strategy != "beam":
@@ -232,7 +245,7 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
             worst, mean = logprob_error(r.generations, fp32, tokenizer, problems)
             print(f"{r.label}: |stored {args.dtype} logprob - fp32 teacher forcing| max {worst:.4f}, mean {mean:.4f}")
     if args.fp32_check and settings.strategy == "greedy":
-        a = sampler_row("fp32 generate", fp32, tokenizer, problems, slow, generate_only=True)
+        a = sampler_row("fp32 generate", fp32, tokenizer, problems, settings, old=True, generate_only=True)
         b = sampler_row("fp32 engine", fp32, tokenizer, problems, settings)
         same = sum(x.token_ids == y.token_ids for x, y in zip(a.generations, b.generations))
         worst, _ = logprob_error(b.generations, fp32, tokenizer, problems)

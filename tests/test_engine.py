@@ -140,16 +140,20 @@ def test_budget_by_source_validated():
         GenerationSettings(max_new_tokens_by_source={"mbpp": 0})
 
 
-def test_decoding_attention_is_restored(tiny, mixed):
+@pytest.mark.parametrize(("strategy", "choice", "expected"), [("greedy", "auto", "eager"), ("beam", "auto", "eager"),
+                                                         ("greedy", None, "sdpa")])
+def test_decoding_attention_is_set_and_restored(tiny, mixed, strategy, choice, expected):
     model, tok = tiny
     before = model.config._attn_implementation
+    assert before == "sdpa"
     seen = []
     handle = model.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    s = settings(strategy=strategy, num_beams=2, num_return_sequences=2, max_new_tokens=2, attention=choice)
     try:
-        HFSampler(model, tok, settings(strategy="greedy", max_new_tokens=2)).generate(mixed[:1])
+        HFSampler(model, tok, s).generate(mixed[:1])
     finally:
         handle.remove()
-    assert set(seen) == {"eager"} and model.config._attn_implementation == before
+    assert set(seen) == {expected} and model.config._attn_implementation == before
 
 
 def test_beam_logprobs_recorded_by_the_search_without_rescore(tiny, mixed, monkeypatch):

@@ -30,7 +30,7 @@ from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop
 from egcfg_pl.sampling.base import derive_seed
 from egcfg_pl.sampling.beam_scores import BeamLogprobRecorder
 from egcfg_pl.sampling.candidate import Candidate
-from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request
+from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request, attention
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
@@ -310,7 +310,9 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), tqdm(
+            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), attention(
+                self.model, self._attention()
+            ), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
                 results = self._decode_continuous(problems, prompts, bar) if self._continuous() else {}
@@ -325,6 +327,12 @@ class HFSampler:
         self.last_stats.generated_tokens = sum(len(g.token_ids) for g in ordered)
         return ordered
 
+    def _attention(self) -> str | None:
+        """``settings.attention`` resolved: ``auto`` is eager on CPU, the model's own implementation elsewhere."""
+        if self.settings.attention != "auto":
+            return self.settings.attention
+        return "eager" if next(self.model.parameters()).device.type == "cpu" else None
+
     def _continuous(self) -> bool:
         return self.settings.continuous and self.settings.strategy in ("greedy", "sample")
 
@@ -338,7 +346,7 @@ class HFSampler:
             Request(tuple(prompt), tracker, s.budget(p.source), per) for p, prompt, tracker in zip(problems, prompts, trackers)
         ]
         picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
-        decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker)
+        decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker, attention=None)
         start = time.perf_counter()
         try:
             decoded = decoder.run(requests, on_done=lambda i: bar.update(1))

@@ -8,7 +8,8 @@ ends (EOS, a stop string, or its token budget) and the next prompts take its slo
 Why not transformers' own continuous batching (``generate_batch``): it has no stop strings, its log-probs are
 those of the temperature/top-p warped distribution, and it is built around paged attention and CUDA graphs.
 
-Attention: on CPU the decoder runs the model with ``eager`` attention. torch's CPU SDPA kernel
+Attention: on CPU the decoder runs the model with ``eager`` attention (``HFSampler`` sets it for every strategy,
+``GenerationSettings.attention``). torch's CPU SDPA kernel
 (``_scaled_dot_product_flash_attention_for_cpu``) spent 56 % of a bf16 decode step (16 rows, one query over ~200
 keys) where eager attention's two small matmuls cost a fraction of it: the step took half the time (see
 benchmarks/README.md). The implementation is switched back after the run.

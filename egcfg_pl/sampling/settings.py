@@ -44,6 +44,10 @@ class GenerationSettings:
     stop_strings: list[str] | None = None
     """Generation of a candidate stops once its text contains one of these; ``None`` = the prompt template's
     stop strings, ``[]`` = stop on EOS only. The text after the stop string is cut."""
+    attention: str | None = "auto"
+    """Attention implementation while decoding: ``auto`` = ``eager`` on CPU (torch's CPU SDPA kernel took half of a
+    decode step, see benchmarks/README.md) and the model's own elsewhere; a transformers name (``sdpa``,
+    ``eager``, ...) forces one; ``None`` leaves the model's. Restored after each ``sample`` call."""
     progress: bool = True
     """Show a tqdm progress bar over problems."""
     merge_lora: bool = False
