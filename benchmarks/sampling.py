@@ -84,6 +84,8 @@ def parse_args() -> argparse.Namespace:
                         help="also decode greedy in fp32 with the engine and generate: identical tokens?")
     parser.add_argument("--thread-sweep", nargs="*", type=int, default=None, metavar="ROWS",
                         help="only time prefill/decode per thread count (1..cpus) at these row counts")
+    parser.add_argument("--pass-at-1", action="store_true", help="sandbox the greedy candidates: solved before/engine")
+    parser.add_argument("--dump", default=None, help="write the engine's candidates (text, tokens, truncated) as JSON")
     parser.add_argument("--lora", action="store_true",
                         help="also time a LoRA-wrapped copy (all-linear, r 16) unmerged vs merged for beam sampling")
     return parser.parse_args()
@@ -227,19 +229,26 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
     anchor = sampler_row("generate (batched, anchor)", model, tokenizer, problems, settings, old=True,
                          generate_only=True)
     rows.append(anchor)
-    rows.append(sampler_row("generate + re-score (before)", model, tokenizer, problems, settings, old=True))
+    before = sampler_row("generate + re-score (before)", model, tokenizer, problems, settings, old=True)
+    rows.append(before)
     engine = sampler_row("engine (project now)", model, tokenizer, problems, settings)
     rows.append(engine)
     if settings.strategy != "beam":
         for size in args.engine_batch_sizes:
             rows.append(sampler_row(f"engine, {size} problems in flight", model, tokenizer, problems,
                                     dataclasses.replace(settings, batch_size=size)))
+    if args.dump:
+        dump(Path(args.dump).with_suffix(f".{settings.strategy}.json"), engine.generations, problems)
     print(f"load average after: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_rows(f"{name} ({args.dtype})", rows, anchor, model)
-    before = rows[-2]
     same = sum(a.token_ids == b.token_ids for a, b in zip(engine.generations, before.generations))
     print(f"engine vs generate+re-score: identical candidates {same}/{len(engine.generations)}; "
           f"truncated {sum(g.truncated for g in engine.generations)} vs {sum(g.truncated for g in before.generations)}")
+    if args.pass_at_1 and settings.strategy == "greedy":
+        solved = {r.label: solved_problems(r.generations, problems) for r in (before, engine)}
+        a, b = solved[before.label], solved[engine.label]
+        print(f"pass@1 (greedy, sandbox): before {len(a)}/{len(problems)}, engine {len(b)}/{len(problems)}; "
+              f"only before: {sorted(a - b)}, only engine: {sorted(b - a)}")
     if fp32 is not model:
         for r in (before, engine):
             worst, mean = logprob_error(r.generations, fp32, tokenizer, problems)
@@ -252,6 +261,30 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
         print(f"fp32 greedy: engine == generate token for token for {same}/{len(a.generations)} problems; "
               f"engine logprob vs teacher forcing max |d| {worst:.5f}; kept tok/s {b.kept_per_s:.1f} vs "
               f"{a.kept_per_s:.1f}")
+
+
+def solved_problems(gens: list[Generation], problems) -> set[str]:
+    """Ids of the problems whose rank-0 candidate passes every test in the sandbox."""
+    from egcfg_pl.prompts import PromptTemplate, extract_program
+    from egcfg_pl.sandbox import Executor
+
+    firsts = [g for g in gens if g.rank == 0]
+    jobs = [(problems[g.problem_index], extract_program(g.text, problems[g.problem_index], PromptTemplate()))
+            for g in firsts]
+    executor = Executor()
+    try:
+        verdicts = executor.run_many(jobs)
+    finally:
+        getattr(executor, "close", lambda: None)()
+    return {p.id for (p, _), v in zip(jobs, verdicts) if v.all_passed}
+
+
+def dump(path: Path, gens: list[Generation], problems) -> None:
+    import json
+
+    rows = [{"problem_id": problems[g.problem_index].id, "rank": g.rank, "tokens": len(g.token_ids),
+             "truncated": g.truncated, "logprob": g.logprob, "text": g.text} for g in gens]
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def lora_rows(base, tokenizer, problems, settings: GenerationSettings, dtype: str) -> None:
