@@ -21,8 +21,16 @@ TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
+    """The tiny random Llama with its attention projections scaled x8: at the default init attention is nearly
+    uniform, so a cache laid out wrongly (a key shifted by one position) moved log-probs by < 1e-3 and passed;
+    sharpened, the same bug moves them by > 1 nat and flips greedy tokens."""
     spec = ModelSpec(name=str(tiny_model_dir), dtype="float32", device="cpu")
-    return load_model(spec), load_tokenizer(spec)
+    model = load_model(spec)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(k in name for k in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                param.mul_(8.0)
+    return model, load_tokenizer(spec)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +178,22 @@ def test_beam_logprobs_recorded_by_the_search_without_rescore(tiny, mixed, monke
     gens = HFSampler(model, tok, s).generate(mixed[:3])
     assert [g.token_ids for g in gens] == [g.token_ids for g in reference]
     assert_matches_forward(model, tok, mixed, gens)
+
+
+def test_a_longer_prompt_joins_a_narrower_running_batch(tiny, mixed):
+    """Admitted in request order (shortest first), a new prompt is wider than the running cache: the running
+    rows are padded on the left; every row still decodes as if alone."""
+    model, tok = tiny
+    order = sorted(mixed, key=lambda p: len(p.statement))
+    prompts = [tuple(encode_prompt(tok, build_prompt(p, tok, PromptTemplate()))) for p in order]
+    assert list(prompts) == sorted(prompts, key=len) and len(prompts[0]) < len(prompts[-1])
+    requests = [Request(p, NoStop(), 2 + 3 * (i % 3)) for i, p in enumerate(prompts)]
+    decoder = ContinuousDecoder(model, [10**9], 0, slots=2, longest_first=False)
+    decoded = decoder.run(requests)
+    for d, prompt, r in zip(decoded, prompts, requests):
+        assert len(d.token_ids) == r.max_new_tokens and d.truncated
+        ids = torch.tensor([list(prompt) + list(d.token_ids)])
+        with torch.no_grad():
+            logp = model(ids).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+        assert logp.argmax(-1).tolist() == list(d.token_ids)
+        assert d.logprob == pytest.approx(logp.gather(-1, ids[0, len(prompt) :, None]).sum().item(), abs=TOL)

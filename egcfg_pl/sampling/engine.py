@@ -161,7 +161,8 @@ def attention(model, implementation: str | None) -> Iterator[None]:
 class ContinuousDecoder:
     """Decodes requests with at most ``slots`` rows at once; a finished row's slot goes to the next request.
 
-    Requests are admitted longest prompt first (neighbours in length share a prefill, less padding). Needs a
+    Requests are admitted longest prompt first (neighbours in length share a prefill, less padding; a new
+    prompt is then never wider than the running cache) unless ``longest_first`` is False. Needs a
     model whose cache is plain full-attention ``DynamicLayer`` layers (``supported`` says; sliding-window or
     recurrent caches are not re-laid out here).
     """
@@ -174,8 +175,10 @@ class ContinuousDecoder:
         slots: int,
         picker: Picker | None = None,
         attention: str | None = "auto",
+        longest_first: bool = True,
     ):
         self.model = model
+        self.longest_first = longest_first
         self.eos_ids = set(eos_ids)
         self.pad_id = pad_id
         self.slots = max(1, slots)
@@ -191,7 +194,9 @@ class ContinuousDecoder:
     def _run(self, requests: Sequence[Request], on_done: Callable[[int], None] | None) -> list[Decoded]:
         if any(r.copies > self.slots for r in requests):
             raise ValueError(f"a request has more copies than the decoder's {self.slots} slots")
-        queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+        queue = list(range(len(requests)))
+        if self.longest_first:
+            queue.sort(key=lambda i: -len(requests[i].prompt))
         left = {i: requests[i].copies for i in range(len(requests))}
         done: dict[tuple[int, int], Decoded] = {}
         batch = _Batch()
