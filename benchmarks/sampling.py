@@ -326,7 +326,8 @@ def main() -> None:
     if "beam" in args.workloads:
         problems = load(args.beam_dataset, args.beam_split, args.beam_problems, args.path, args.data_dir)
         settings = GenerationSettings(strategy="beam", num_beams=args.num_beams, num_return_sequences=args.num_beams,
-                                      max_new_tokens=args.beam_max_new_tokens, **{**common, "batch_size": args.beam_batch_size})
+                                      max_new_tokens=args.beam_max_new_tokens,
+                                      **{**common, "batch_size": args.beam_batch_size})
         run_workload(f"refresh beam {args.num_beams}", args, model, fp32, tokenizer, problems, settings)
         if args.lora:
             lora_rows(fp32, tokenizer, problems, settings, args.dtype)

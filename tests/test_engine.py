@@ -120,7 +120,8 @@ def test_samples_share_a_prompt_and_are_seeded(tiny, mixed):
     model, tok = tiny
     s = settings(strategy="sample", num_return_sequences=3, num_beams=1, batch_size=2, seed=5, max_new_tokens=6)
     sampler = HFSampler(model, tok, s)
-    first, again = sampler.generate(mixed[:3], iteration=2, stream=(0, 1)), sampler.generate(mixed[:3], iteration=2, stream=(0, 1))
+    first = sampler.generate(mixed[:3], iteration=2, stream=(0, 1))
+    again = sampler.generate(mixed[:3], iteration=2, stream=(0, 1))
     assert [(g.problem_index, g.rank) for g in first] == [(i, r) for i in range(3) for r in range(3)]
     assert [g.token_ids for g in first] == [g.token_ids for g in again]
     assert len({g.token_ids for g in first if g.problem_index == 0}) > 1  # copies are drawn independently

@@ -310,9 +310,9 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), attention(
-                self.model, self._attention()
-            ), tqdm(
+            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(
+                iteration, stream
+            ), attention(self.model, self._attention()), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
                 results = self._decode_continuous(problems, prompts, bar) if self._continuous() else {}
@@ -336,14 +336,17 @@ class HFSampler:
     def _continuous(self) -> bool:
         return self.settings.continuous and self.settings.strategy in ("greedy", "sample")
 
-    def _decode_continuous(self, problems: Sequence[Problem], prompts: list[list[int]], bar) -> dict[int, list[Generation]]:
+    def _decode_continuous(
+        self, problems: Sequence[Problem], prompts: list[list[int]], bar
+    ) -> dict[int, list[Generation]]:
         """Greedy / nucleus sampling on the continuous-batching engine; {} when the model's cache is not one it
         can re-lay out (the caller then takes the ``generate`` path)."""
         s = self.settings
         per = s.candidates_per_problem
         trackers = [self.tracker(p) for p in problems]
         requests = [
-            Request(tuple(prompt), tracker, s.budget(p.source), per) for p, prompt, tracker in zip(problems, prompts, trackers)
+            Request(tuple(prompt), tracker, s.budget(p.source), per)
+            for p, prompt, tracker in zip(problems, prompts, trackers)
         ]
         picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
         decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker, attention=None)
@@ -393,7 +396,8 @@ class HFSampler:
         self.last_stats.generate_seconds += time.perf_counter() - start
         per = self.settings.candidates_per_problem  # rows come grouped by problem, best beam first
         rows = out[:, p_len:].tolist()
-        cut = [cut_and_finish(row[: budgets[r // per]], set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
+        eos = set(self.eos_ids)
+        cut = [cut_and_finish(row[: budgets[r // per]], eos, trackers[r // per]) for r, row in enumerate(rows)]
         kept = [ids for ids, _ in cut]
         truncated = [not finished for _, finished in cut]
         start = time.perf_counter()
@@ -421,7 +425,8 @@ class HFSampler:
         recorded = [recorder.logprob(r // per, row) if recorder else None for r, row in enumerate(kept)]
         missing = [r for r, lp in enumerate(recorded) if lp is None]
         if missing:
-            rescored = sequence_logprobs(self.model, [prompts[r // per] for r in missing], [kept[r] for r in missing], self.pad_id)
+            row_prompts = [prompts[r // per] for r in missing]
+            rescored = sequence_logprobs(self.model, row_prompts, [kept[r] for r in missing], self.pad_id)
             for r, lp in zip(missing, rescored):
                 recorded[r] = lp
         return recorded
