@@ -267,8 +267,11 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 class HFSampler:
     """Samples candidate programs from a local HF causal LM (a PeftModel works: the LoRA weights are used).
 
-    ``sample`` batches problems (left padding, length buckets), decodes with ``settings.strategy``, cuts each
-    continuation at EOS / the first stop string, and scores the kept tokens by teacher forcing. The model
+    ``sample`` decodes with ``settings.strategy`` and cuts each continuation at EOS / the first stop string
+    (or its dataset's token budget, ``truncated``). Greedy and nucleus sampling run on the continuous-batching
+    engine, which reads the log-probs off its own logits; beam search runs ``model.generate`` per batch of
+    problems (left padding, length buckets) and records its log-probs during the search (``beam_scores``), with
+    teacher forcing for anything unrecorded. Decoding uses ``settings.attention`` (eager on CPU). The model
     runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back afterwards; a LoRA
     adapter is folded into the base weights while it runs (``settings.merge_lora``, see ``merged_lora``).
     """
