@@ -46,7 +46,7 @@ bench-sandbox: $(STAMP)
 	$(PY) -m benchmarks.sandbox
 
 bench-sampling: $(STAMP)
-	$(PY) -m benchmarks.sampling --lora
+	$(PY) -m benchmarks.sampling --fp32-check --pass-at-1 --lora
 
 # Full greedy held-out runs of the embedded model (HumanEval 164, MBPP test 500; about 25 + 45 min on 2 cores).
 bench-eval: $(STAMP)

@@ -3,11 +3,15 @@
 Each candidate's possibility comes from the model itself: ``logprob = Σ_i log p(t_i | X, t_<i)`` over the
 generated tokens that were kept (through the EOS or the token that completed a stop string; padding
 excluded), i.e. log P(t) with P(t) = Π p(token) as in the paper (stored once, never length-normalised).
-It is recomputed by teacher forcing over prompt + kept tokens (``sequence_logprobs``) instead of being read
-off the search: HF's beam ``sequences_scores`` are divided by length**length_penalty, sampling scores are
-temperature/top-p warped, and a stop string can end inside a token, so the search's own scores are not the
-model's probability of what we keep. Keeping the search's per-step scores instead would hold
-steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k vocabulary).
+
+Greedy and nucleus sampling run on the continuous-batching engine (``engine.ContinuousDecoder``), which reads
+each kept token's log p (T = 1, unwarped) off the logits it decodes from. Beam search (and the reference path,
+``continuous: false``) runs ``model.generate`` per batch and recomputes the log-prob by teacher forcing over
+prompt + kept tokens (``sequence_logprobs``): HF's beam ``sequences_scores`` are divided by
+length**length_penalty, sampling scores are temperature/top-p warped, and a stop string can end inside a token,
+so the search's own scores are not the model's probability of what we keep. Keeping the search's per-step
+scores instead would hold steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k
+vocabulary).
 """
 
 from __future__ import annotations
@@ -19,19 +23,19 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.base import derive_seed
+from egcfg_pl.sampling.beam_scores import BeamLogprobRecorder
 from egcfg_pl.sampling.candidate import Candidate
+from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request, attention
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits of one rescoring forward pass
 RESCORE_ROWS = 64  # rows re-scored together (the KV cache of these rows is held at once, as in generation)
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"  # 5.x name
 
 
 @dataclass(frozen=True)
@@ -263,8 +267,11 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 class HFSampler:
     """Samples candidate programs from a local HF causal LM (a PeftModel works: the LoRA weights are used).
 
-    ``sample`` batches problems (left padding, length buckets), decodes with ``settings.strategy``, cuts each
-    continuation at EOS / the first stop string, and scores the kept tokens by teacher forcing. The model
+    ``sample`` decodes with ``settings.strategy`` and cuts each continuation at EOS / the first stop string
+    (or its dataset's token budget, ``truncated``). Greedy and nucleus sampling run on the continuous-batching
+    engine, which reads the log-probs off its own logits; beam search runs ``model.generate`` per batch of
+    problems (left padding, length buckets) and records its log-probs during the search (``beam_scores``), with
+    teacher forcing for anything unrecorded. Decoding uses ``settings.attention`` (eager on CPU). The model
     runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back afterwards; a LoRA
     adapter is folded into the base weights while it runs (``settings.merge_lora``, see ``merged_lora``).
     """
@@ -303,14 +310,16 @@ class HFSampler:
             return []
         prompts = [encode_prompt(self.tokenizer, build_prompt(p, self.tokenizer, self.template)) for p in problems]
         batches = length_buckets([len(p) for p in prompts], self.settings.batch_size, self.settings.length_buckets)
-        results: dict[int, list[Generation]] = {}
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(iteration, stream), tqdm(
+            with torch.no_grad(), merged_lora(self.model, self.settings.merge_lora), self._rng(
+                iteration, stream
+            ), attention(self.model, self._attention()), tqdm(
                 total=len(problems), desc=f"sampling {self.name}", unit="problem", disable=not self.settings.progress
             ) as bar:
-                for batch in batches:
+                results = self._decode_continuous(problems, prompts, bar) if self._continuous() else {}
+                for batch in batches if not results else []:
                     gens = self._generate_batch(batch, [problems[i] for i in batch], [prompts[i] for i in batch])
                     results.update(zip(batch, gens))
                     bar.update(len(batch))
@@ -320,6 +329,42 @@ class HFSampler:
         self.last_stats.candidates = len(ordered)
         self.last_stats.generated_tokens = sum(len(g.token_ids) for g in ordered)
         return ordered
+
+    def _attention(self) -> str | None:
+        """``settings.attention`` resolved: ``auto`` is eager on CPU, the model's own implementation elsewhere."""
+        if self.settings.attention != "auto":
+            return self.settings.attention
+        return "eager" if next(self.model.parameters()).device.type == "cpu" else None
+
+    def _continuous(self) -> bool:
+        return self.settings.continuous and self.settings.strategy in ("greedy", "sample")
+
+    def _decode_continuous(
+        self, problems: Sequence[Problem], prompts: list[list[int]], bar
+    ) -> dict[int, list[Generation]]:
+        """Greedy / nucleus sampling on the continuous-batching engine; {} when the model's cache is not one it
+        can re-lay out (the caller then takes the ``generate`` path)."""
+        s = self.settings
+        per = s.candidates_per_problem
+        trackers = [self.tracker(p) for p in problems]
+        requests = [
+            Request(tuple(prompt), tracker, s.budget(p.source), per)
+            for p, prompt, tracker in zip(problems, prompts, trackers)
+        ]
+        picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
+        decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker, attention=None)
+        start = time.perf_counter()
+        try:
+            decoded = decoder.run(requests, on_done=lambda i: bar.update(1))
+        except NotImplementedError:
+            return {}
+        self.last_stats.generate_seconds += time.perf_counter() - start
+        results: dict[int, list[Generation]] = {i: [] for i in range(len(problems))}
+        for d in decoded:
+            results[d.request].append(
+                self._generation(d.request, d.copy, list(d.token_ids), d.logprob, trackers[d.request], d.truncated)
+            )
+        return results
 
     def _rng(self, iteration: int, stream: Sequence[int] = ()):
         """``sample`` reseeds torch from (seed, iteration, *stream) (``derive_seed``); the RNG is forked so training
@@ -339,22 +384,27 @@ class HFSampler:
         ids, mask = (t.to(device) for t in pad(prompts, self.pad_id, left=True))  # (batch, P)
         p_len = ids.shape[1]
         trackers = [self.tracker(p) for p in problems]
+        budgets = [self.settings.budget(p.source) for p in problems]
+        config = generation_config(self.settings, self.pad_id, self.eos_ids)
+        config.max_new_tokens = max(budgets)
+        recorder = self._beam_recorder()
         start = time.perf_counter()
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            generation_config=generation_config(self.settings, self.pad_id, self.eos_ids),
+            generation_config=config,
             stopping_criteria=StoppingCriteriaList([StopOnStrings(trackers, p_len)]),
+            logits_processor=LogitsProcessorList([recorder] if recorder else []),
         )
         self.last_stats.generate_seconds += time.perf_counter() - start
         per = self.settings.candidates_per_problem  # rows come grouped by problem, best beam first
         rows = out[:, p_len:].tolist()
-        cut = [cut_and_finish(row, set(self.eos_ids), trackers[r // per]) for r, row in enumerate(rows)]
+        eos = set(self.eos_ids)
+        cut = [cut_and_finish(row[: budgets[r // per]], eos, trackers[r // per]) for r, row in enumerate(rows)]
         kept = [ids for ids, _ in cut]
         truncated = [not finished for _, finished in cut]
         start = time.perf_counter()
-        row_prompts = [prompts[r // per] for r in range(len(kept))]
-        logprobs = sequence_logprobs(self.model, row_prompts, kept, self.pad_id)
+        logprobs = self._logprobs(prompts, kept, per, recorder)
         self.last_stats.rescore_seconds += time.perf_counter() - start
         return [
             [
@@ -365,6 +415,24 @@ class HFSampler:
             ]
             for b in range(len(indices))
         ]
+
+    def _beam_recorder(self) -> BeamLogprobRecorder | None:
+        """Beam search records its own exact log-probs (``beam_scores``); HF keeps max(2, 1 + n_eos) x num_beams
+        continuations per step, and so does the recorder."""
+        if self.settings.strategy != "beam":
+            return None
+        return BeamLogprobRecorder(max(2, 1 + len(self.eos_ids)) * self.settings.num_beams, self.settings.num_beams)
+
+    def _logprobs(self, prompts, kept, per: int, recorder: BeamLogprobRecorder | None) -> list[float]:
+        """Recorded beam log-probs where the search saw every kept token; teacher forcing for the rest."""
+        recorded = [recorder.logprob(r // per, row) if recorder else None for r, row in enumerate(kept)]
+        missing = [r for r, lp in enumerate(recorded) if lp is None]
+        if missing:
+            row_prompts = [prompts[r // per] for r in missing]
+            rescored = sequence_logprobs(self.model, row_prompts, [kept[r] for r in missing], self.pad_id)
+            for r, lp in zip(missing, rescored):
+                recorded[r] = lp
+        return recorded
 
     @staticmethod
     def _generation(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Strategy = Literal["beam", "greedy", "sample"]
@@ -26,8 +26,16 @@ class GenerationSettings:
     """Nucleus mass for ``sample`` (1.0 disables it)."""
     max_new_tokens: int = 384
     """Generation budget per candidate, in tokens."""
+    max_new_tokens_by_source: dict[str, int] = field(default_factory=dict)
+    """Per-dataset budget (``Problem.source``, e.g. ``{mbpp: 256}``) replacing ``max_new_tokens`` for that
+    dataset's problems: a cap on answers that ramble past any program the dataset needs."""
     batch_size: int = 8
-    """Problems per ``generate`` call; each expands to num_beams (or num_return_sequences) rows."""
+    """Problems decoded together; each expands to num_beams (or num_return_sequences) rows. With ``continuous``
+    it is the number of problems in flight: a finished row's slot goes to the next problem at once."""
+    continuous: bool = True
+    """``greedy`` and ``sample`` decode with the continuous-batching engine (``sampling.engine``: finished rows
+    leave the batch, log-probs read off the decoding logits, no re-score pass). False = ``model.generate`` per
+    batch plus a teacher-forced re-score (the reference path). ``beam`` always uses ``model.generate``."""
     seed: int = 0
     """``sample`` reseeds torch from (seed, iteration, rank, chunk) on every call (``sampling.base.derive_seed``;
     the global RNG is restored after)."""
@@ -36,6 +44,10 @@ class GenerationSettings:
     stop_strings: list[str] | None = None
     """Generation of a candidate stops once its text contains one of these; ``None`` = the prompt template's
     stop strings, ``[]`` = stop on EOS only. The text after the stop string is cut."""
+    attention: str | None = "auto"
+    """Attention implementation while decoding: ``auto`` = ``eager`` on CPU (torch's CPU SDPA kernel took half of a
+    decode step, see benchmarks/README.md) and the model's own elsewhere; a transformers name (``sdpa``,
+    ``eager``, ...) forces one; ``None`` leaves the model's. Restored after each ``sample`` call."""
     progress: bool = True
     """Show a tqdm progress bar over problems."""
     merge_lora: bool = False
@@ -51,9 +63,12 @@ class GenerationSettings:
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"GenerationSettings.strategy {self.strategy!r} is unknown; use one of {STRATEGIES}")
-        for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"GenerationSettings.{field} must be >= 1, got {getattr(self, field)}")
+        for name in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GenerationSettings.{name} must be >= 1, got {getattr(self, name)}")
+        bad = {k: v for k, v in self.max_new_tokens_by_source.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"GenerationSettings.max_new_tokens_by_source values must be integers >= 1, got {bad}")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
             raise ValueError(
                 f"GenerationSettings.num_return_sequences ({self.num_return_sequences}) must be <= num_beams "
@@ -68,6 +83,10 @@ class GenerationSettings:
             raise ValueError(f"GenerationSettings.top_p must be in (0, 1], got {self.top_p}")
         if self.stop_strings is not None and any(not s for s in self.stop_strings):
             raise ValueError("GenerationSettings.stop_strings must not contain empty strings")
+
+    def budget(self, source: str) -> int:
+        """``max_new_tokens`` for a problem of dataset ``source``."""
+        return self.max_new_tokens_by_source.get(source, self.max_new_tokens)
 
     @property
     def candidates_per_problem(self) -> int:
