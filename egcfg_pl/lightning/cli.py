@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
+from egcfg_pl.lightning.run_folder import apply_to_cli_config
 
 
 class BTPCLI(LightningCLI):
@@ -20,6 +21,7 @@ class BTPCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         configure_logging(config.log_level)
+        apply_to_cli_config(config)  # logger and checkpoints in trainer.default_root_dir (run_folder.py)
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI:
