@@ -160,7 +160,8 @@ class BTPModule(L.LightningModule):
         grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.stack(grads).norm(), batch_size=1)
-        self.log("train/lr", float(optimizer.param_groups[0]["lr"]), batch_size=1)
+        if optimizer.param_groups:  # btp_only runs Lightning's empty stand-in optimizer
+            self.log("train/lr", float(optimizer.param_groups[0]["lr"]), batch_size=1)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
