@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from egcfg_pl.lightning.interrupt import ResumePoint
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
-from egcfg_pl.lightning.run_folder import EXPERIENCES, run_root
+from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem
@@ -95,15 +95,25 @@ class ReplayRefresh(L.Callback):
     # -- the run folder across kills and resumes -----------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A fresh fit never reuses another run's spill; then the state a Ctrl-C would save (see interrupt.py)."""
-        spill = run_root(trainer) / SPILL_DIR
-        if trainer.ckpt_path is None and spill.is_dir():
-            trainer.strategy.barrier("refresh_spill_check")  # every rank has looked before rank 0 deletes
+        if trainer.ckpt_path is None:
             if trainer.is_global_zero:
-                log.warning("fresh fit (no --ckpt_path): removing the refresh spill of an earlier run in %s; "
-                            "resume that run with --ckpt_path last to reuse it", spill)
-                shutil.rmtree(spill, ignore_errors=True)
+                self._start_clean(trainer)
             trainer.strategy.barrier("refresh_spill_removed")
         self._resume_point.on_fit_started(trainer)
+
+    @staticmethod
+    def _start_clean(trainer: L.Trainer) -> None:
+        root = run_root(trainer)
+        spill = root / SPILL_DIR
+        if spill.is_dir():
+            log.warning("fresh fit (no --ckpt_path): removing the refresh spill of an earlier run in %s; "
+                        "resume that run with --ckpt_path last to reuse it", spill)
+            shutil.rmtree(spill, ignore_errors=True)
+        earlier = [p.name for p in (root / EXPERIENCES, checkpoint_dir(trainer) / "last.ckpt") if p.exists()]
+        if earlier:
+            log.warning("fresh fit in %s, which holds an earlier run (%s): this run replaces its experiences, "
+                        "adapter and last.ckpt and adds to its TensorBoard folder; continue it with --ckpt_path last "
+                        "or start elsewhere with --trainer.default_root_dir", root, ", ".join(earlier))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resume_point.on_epoch_end(trainer)
@@ -182,8 +192,8 @@ class ReplayRefresh(L.Callback):
         trainer = pl_module.trainer
         rank = trainer.global_rank
         for start in range(0, len(todo), self.chunk_problems):
-            if getattr(trainer, "received_sigterm", False):  # Lightning only checks between training batches
-                raise SIGTERMException()
+            if trainer.world_size == 1 and getattr(trainer, "received_sigterm", False):
+                raise SIGTERMException()  # Lightning checks only between training batches (and syncs the ranks)
             chunk = todo[start : start + self.chunk_problems]
             by_id = {p.id: p for p in chunk}
             # one random stream per (iteration, rank, chunk): seed + iteration alone repeats across chunks and ranks
