@@ -84,3 +84,19 @@ def test_sigkill_in_the_first_refresh_resumes_from_the_spill_without_a_misleadin
     assert resumed["sampled"] == straight[1]["sampled"][1:]  # all but the chunk tested before the kill
     assert_same_losses(resumed, straight[1])
     assert experiences(root) == experiences(straight[0])
+
+
+def test_validation_leaves_the_global_rng_alone(tmp_path, tiny_model_dir):
+    """A validation between epochs must not move the torch RNG that training (LoRA dropout) draws from: an
+    uninterrupted fit validates before epoch E+1, and a fit resumed from the end of epoch E must draw the same."""
+    import lightning as L
+    import torch
+
+    from btp_helpers import tiny_datamodule, tiny_module, tiny_trainer
+
+    L.seed_everything(0)
+    module, dm = tiny_module(tiny_model_dir), tiny_datamodule()
+    module.configure_model()  # the LoRA init draws; validation must not
+    before = torch.get_rng_state()
+    tiny_trainer(tmp_path, 1, [], limit_val_batches=1).validate(module, dm)
+    assert torch.equal(torch.get_rng_state(), before)

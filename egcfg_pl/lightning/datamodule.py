@@ -127,7 +127,9 @@ class BTPDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, collate_fn=collate, generator=own)
 
     def _problem_loader(self) -> DataLoader:
-        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=RecordBatch)
+        # its own generator too: a validation between epochs must not move the global RNG that training draws from
+        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=RecordBatch,
+                          generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._problem_loader()
