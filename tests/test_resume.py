@@ -81,6 +81,7 @@ def test_sigkill_in_the_first_refresh_resumes_from_the_spill_without_a_misleadin
     proc, resumed = fit(tiny_model_dir, root, "resumed", "--ckpt_path", "last", "--seed", "7")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no last checkpoint" not in proc.stdout + proc.stderr
+    assert [p.name for p in (root / "checkpoints").glob("last*")] == ["last.ckpt"]  # no last-v1.ckpt beside it
     assert resumed["sampled"] == straight[1]["sampled"][1:]  # all but the chunk tested before the kill
     assert_same_losses(resumed, straight[1])
     assert experiences(root) == experiences(straight[0])

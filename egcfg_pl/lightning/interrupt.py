@@ -32,6 +32,17 @@ def keeps_last(trainer: Any) -> bool:
     return any(isinstance(cb, ModelCheckpoint) and cb.save_last for cb in trainer.checkpoint_callbacks)
 
 
+def adopt_last(trainer: Any) -> None:
+    """Make ``<dirpath>/last.ckpt`` ModelCheckpoint's own "last" file, so its next save overwrites it instead of
+    writing ``last-v1.ckpt`` beside it (it only overwrites a file it wrote, and this one was written here)."""
+    name = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+            path = Path(callback.dirpath) / name
+            if not callback.last_model_path and path.is_file():
+                callback.last_model_path = str(path)
+
+
 class ResumePoint:
     def __init__(self) -> None:
         self.state: dict[str, Any] | None = None
@@ -47,9 +58,7 @@ class ResumePoint:
         path = checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         assert self.state is not None
         trainer.strategy.save_checkpoint(self.state, str(path))  # rank 0 writes
-        for callback in trainer.checkpoint_callbacks:  # theirs now: overwritten next time, not "last-v1.ckpt"
-            if isinstance(callback, ModelCheckpoint) and callback.save_last and Path(callback.dirpath or "") == path.parent:
-                callback.last_model_path = str(path)
+        adopt_last(trainer)
         return path
 
     def on_fit_started(self, trainer: Any) -> None:
@@ -57,6 +66,7 @@ class ResumePoint:
         if trainer.ckpt_path is None and keeps_last(trainer):
             path = self.write(trainer)
             log.info("wrote the fit's starting state to %s (a kill during the first refresh resumes from it)", path)
+        adopt_last(trainer)  # a resume from a last.ckpt written here (not by ModelCheckpoint) keeps its name
 
     def on_epoch_end(self, trainer: Any) -> None:
         self.take(trainer, f"the end of epoch {trainer.current_epoch}", trainer.current_epoch + 1)
