@@ -44,7 +44,8 @@ def assert_same_losses(resumed: dict, straight: dict) -> None:
         assert loss == pytest.approx(straight["losses"][step], rel=1e-6, abs=1e-6), f"step {step}"
 
 
-def test_sigkill_in_training_resume_writes_each_experience_once_with_the_same_losses(tmp_path, tiny_model_dir, straight):
+def test_sigkill_in_training_resume_writes_each_experience_once_with_the_same_losses(tmp_path, tiny_model_dir,
+                                                                                     straight):
     root = tmp_path / "run"
     proc, _ = fit(tiny_model_dir, root, "killed", "--kill", "sigkill", "--at", "1:0")
     assert proc.returncode == -9  # killed in epoch 1, after its refresh was written

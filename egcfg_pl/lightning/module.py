@@ -208,8 +208,7 @@ class BTPModule(L.LightningModule):
             )
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
-            rank = trainer.global_rank
-            if not rng_state.restore_rank(checkpoint.get(rng_state.KEY), rank):
+            if not rng_state.restore_rank(checkpoint.get(rng_state.KEY), trainer.global_rank, trainer.world_size):
                 rank_zero_warn("the checkpoint holds no random states for this rank (an older checkpoint or another "
                                "world size): the resumed fit draws other LoRA-dropout masks than an uninterrupted one")
 

@@ -47,9 +47,9 @@ def capture_all_ranks() -> list[dict[str, Any]]:
     return gathered
 
 
-def restore_rank(states: list[dict[str, Any]] | None, rank: int) -> bool:
+def restore_rank(states: list[dict[str, Any]] | None, rank: int, world_size: int) -> bool:
     """Restore this rank's states; False (nothing restored) for an older checkpoint or another world size."""
-    if not states or rank >= len(states):
+    if not states or len(states) != world_size:
         return False
     restore(states[rank])
     return True
