@@ -54,7 +54,7 @@ def test_hybrid_fit_api_source_trains_local_lora_target(llama_server, tmp_path, 
         assert e.candidate.logprob is not None and math.isfinite(e.candidate.logprob) and e.candidate.num_tokens > 0
         assert e.possibility is not None and 0 < e.possibility <= 1
     assert refresh.last_stats["refresh/candidates"] == TRAIN * N
-    saved = [json.loads(line) for line in (Path(tmp_path) / "tb" / "version_0" / "experiences.jsonl").open()]
+    saved = [json.loads(line) for line in (Path(tmp_path) / "experiences.jsonl").open()]
     assert len(saved) == TRAIN * N
 
     # the local target trained: LoRA weights moved

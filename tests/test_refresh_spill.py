@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import lightning as L
@@ -35,10 +36,15 @@ def refresh_with(log, fail_on_call=None, **kwargs):
     return refresh
 
 
-def fit(root, model_dir, refresh):
+def fit(root, model_dir, refresh, ckpt_path=None, edit=None):
+    """A 1-epoch fit that keeps ``last.ckpt`` (a fresh fit writes its starting state there at once);
+    ``edit`` changes the training problems before the fit."""
     L.seed_everything(0)  # the same fresh LoRA weights on every attempt (they are part of the fingerprint)
     module, dm = tiny_module(model_dir), tiny_datamodule(train=4)
-    tiny_trainer(root, 1, [refresh]).fit(module, dm)
+    if edit is not None:
+        dm.train_problems = [edit(p) for p in dm.train_set.load()]
+    keep_last = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True)
+    tiny_trainer(root, 1, [refresh, keep_last]).fit(module, dm, ckpt_path=ckpt_path)
     return dm
 
 
@@ -57,11 +63,43 @@ def test_killed_refresh_resumes_without_resampling(tmp_path, tiny_model_dir):
     assert spill and len(spill[0].read_text().splitlines()) == len(first_chunk) == 2
 
     again: list[list[str]] = []
-    resumed = fit(tmp_path / "run", tiny_model_dir, refresh_with(again))
+    resumed = fit(tmp_path / "run", tiny_model_dir, refresh_with(again), ckpt_path="last")
     assert [pid for chunk in again for pid in chunk] == calls[1]  # only the problems the kill cut off
+    assert not (tmp_path / "run" / "refresh_spill").exists()  # the finished fit removed it
 
     clean = fit(tmp_path / "clean", tiny_model_dir, refresh_with([]))
     assert buffer_rows(resumed) == buffer_rows(clean)
+
+
+def one_more_test(problem):
+    """The issue's edit: a problem gains a test (mbpp/645: 3 -> 4 tests)."""
+    return dataclasses.replace(problem, tests=(*problem.tests, problem.tests[0]))
+
+
+def assert_edited_verdicts(dm):
+    """Every verdict ran the edited tests (one more than the file's), none is a stale one from the spill."""
+    tests = {p.id: len(p.tests) for p in dm.train_problems}
+    assert all(len(e.verdict.results) == tests[e.problem_id] for e in dm.buffer.experiences)
+    assert all(len(p.tests) == len(q.tests) + 1 for p, q in zip(dm.train_problems, dm.train_set.load()))
+
+
+def test_fresh_fit_after_a_kill_removes_the_spill_and_samples_everything(tmp_path, tiny_model_dir):
+    with pytest.raises(Killed):
+        fit(tmp_path / "run", tiny_model_dir, refresh_with([], fail_on_call=2))
+    assert (tmp_path / "run" / "refresh_spill").is_dir()
+    calls: list[list[str]] = []
+    dm = fit(tmp_path / "run", tiny_model_dir, refresh_with(calls), edit=one_more_test)  # no ckpt_path: fresh
+    assert len([pid for chunk in calls for pid in chunk]) == 4
+    assert_edited_verdicts(dm)
+
+
+def test_resume_after_a_problem_edit_does_not_reuse_the_spill(tmp_path, tiny_model_dir):
+    with pytest.raises(Killed):
+        fit(tmp_path / "run", tiny_model_dir, refresh_with([], fail_on_call=2))
+    calls: list[list[str]] = []
+    dm = fit(tmp_path / "run", tiny_model_dir, refresh_with(calls), ckpt_path="last", edit=one_more_test)
+    assert len([pid for chunk in calls for pid in chunk]) == 4  # the problems' fingerprint changed
+    assert_edited_verdicts(dm)
 
 
 def test_spill_of_other_weights_is_not_reused(tmp_path, tiny_model_dir):

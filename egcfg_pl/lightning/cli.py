@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
+from egcfg_pl.lightning.run_folder import apply_to_cli_config
 from egcfg_pl.user_errors import UsageError, explain_parse_error
 
 PRINT_CONFIG = "--print_config"
@@ -29,6 +30,7 @@ class BTPCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         configure_logging(config.log_level)
+        apply_to_cli_config(config)  # logger and checkpoints in trainer.default_root_dir (run_folder.py)
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parse; with ``--print_config``, validate by building the settings first (cheap: no model is loaded).

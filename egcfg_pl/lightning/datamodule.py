@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from egcfg_pl.lightning.collate import ReplayCollator
@@ -130,14 +131,19 @@ class BTPDataModule(L.LightningDataModule):
         steps = math.ceil(self.hparams.samples_per_epoch / (self.hparams.batch_size * world))
         module = trainer.lightning_module
         stream = ReplayStream(self.buffer, steps, self.hparams.batch_size, trainer.global_rank, world)
+        # its own generator: each epoch's iterator would otherwise draw a seed from the global torch RNG, which
+        # a resumed fit (its iterator made before the RNG is restored) would not repeat (rng_state.py)
+        own = torch.Generator()
         if module.hparams.mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
-            return DataLoader(stream, batch_size=None, collate_fn=keep_as_is)
+            return DataLoader(stream, batch_size=None, collate_fn=keep_as_is, generator=own)
         collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
         self.buffer.prompt_fits = collate.fits  # draws skip experiences whose prompt alone fills max_length
-        return DataLoader(stream, batch_size=None, collate_fn=collate)
+        return DataLoader(stream, batch_size=None, collate_fn=collate, generator=own)
 
     def _problem_loader(self) -> DataLoader:
-        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=RecordBatch)
+        # its own generator too: a validation between epochs must not move the global RNG that training draws from
+        return DataLoader(self.held_out_problems, batch_size=self.hparams.eval_batch_size, collate_fn=RecordBatch,
+                          generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._problem_loader()

@@ -13,8 +13,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settings for resume)
+from egcfg_pl.lightning import rng_state
 from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
+from egcfg_pl.lightning.run_folder import ADAPTER_DIR, PUBLIC_BASE_IDS, print_summary
 from egcfg_pl.metrics.independence import refuse_dependent_pass_k
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
@@ -62,7 +64,7 @@ class BTPModule(L.LightningModule):
             warmup_steps: linear warm-up steps.
             scheduler: learning-rate schedule after warm-up.
             gradient_checkpointing: trade compute for memory on long programs.
-            results_dir: where evaluation JSON goes (default: the logger's folder).
+            results_dir: where evaluation JSON goes (default: the run folder, ``trainer.default_root_dir``).
             api: the ``openai`` / ``deepseek`` modes: an OpenAI-compatible API is the model — it writes the
                 refresh candidates and the held-out answers, and no local model is loaded (needs
                 ``mode: btp_only``). For ``hybrid`` (API source, local LoRA target) set the refresh
@@ -153,6 +155,14 @@ class BTPModule(L.LightningModule):
         self.log("train/forward_tokens_per_s", batch["attention_mask"].sum() / (time.perf_counter() - start))
         return out.loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The learning rate of this step and the gradient's global 2-norm (before any clipping)."""
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm(), batch_size=1)
+        if optimizer.param_groups:  # btp_only runs Lightning's empty stand-in optimizer
+            self.log("train/lr", float(optimizer.param_groups[0]["lr"]), batch_size=1)
+
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.hparams.mode == "btp_only" or not params:
@@ -172,9 +182,11 @@ class BTPModule(L.LightningModule):
 
     # -- checkpoints and adapter ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights: the frozen base model is reloaded from its source on resume."""
+        """Keep only trainable weights: the frozen base model is reloaded from its source on resume. Add every
+        rank's random states (a collective under DDP), so the resumed fit draws what the uninterrupted one did."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint[rng_state.KEY] = rng_state.capture_all_ranks()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint must hold exactly this module's trainable (LoRA) weights.
@@ -194,22 +206,42 @@ class BTPModule(L.LightningModule):
                 "Set model.lora (and model.mode) as in the run that wrote the checkpoint: lora: null loads no "
                 "adapter and would evaluate the base model, and r / target_modules must be the same"
             )
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            if not rng_state.restore_rank(checkpoint.get(rng_state.KEY), trainer.global_rank, trainer.world_size):
+                rank_zero_warn("the checkpoint holds no random states for this rank (an older checkpoint or another "
+                               "world size): the resumed fit draws other LoRA-dropout masks than an uninterrupted one")
 
     def adapter_dir(self) -> Path:
-        return self.output_dir() / "adapter"
+        return self.output_dir() / ADAPTER_DIR
 
     def output_dir(self) -> Path:
+        """The run folder (``trainer.default_root_dir``), or ``results_dir`` when set."""
         if self.hparams.results_dir:
             return Path(self.hparams.results_dir)
         trainer = self._trainer
-        root = (trainer.log_dir if trainer and trainer.log_dir else None) or "checkpoints"
-        return Path(root)
+        return Path(trainer.default_root_dir if trainer is not None else "checkpoints")
 
     def on_train_epoch_end(self) -> None:
-        if self.lora is not None:
-            path = self.adapter_dir()  # trainer.log_dir broadcasts: every rank must ask
-            if self.trainer.is_global_zero:
-                self.model.save_pretrained(path)
+        if self.lora is not None and self.trainer.is_global_zero:
+            self.save_adapter(self.adapter_dir())
+
+    def save_adapter(self, path: Path) -> None:
+        """``save_pretrained``; for a local alias of a public model (the embedded GGUF) the adapter names the
+        hub id as its base, so ``AutoPeftModelForCausalLM.from_pretrained(path)`` works with the hub."""
+        public = PUBLIC_BASE_IDS.get(self.spec.name)
+        config = getattr(self.model, "peft_config", {}).get("default")
+        if public is None or config is None:
+            self.model.save_pretrained(path)
+            return
+        local, config.base_model_name_or_path = config.base_model_name_or_path, public
+        try:
+            self.model.save_pretrained(path)
+        finally:
+            config.base_model_name_or_path = local
+
+    def on_fit_end(self) -> None:
+        print_summary(self.trainer, self)
 
     # -- held-out evaluation --------------------------------------------------------------------------
     def _replay_settings(self) -> ReplaySettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from egcfg_pl.lightning.refresh_spill import RefreshSpill, fingerprint, weights_digest
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from egcfg_pl.lightning.interrupt import ResumePoint
+from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
+from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem
@@ -58,11 +63,13 @@ class ReplayRefresh(L.Callback):
             source_api: an OpenAI-compatible API source (hybrid mode: API samples, local LoRA target).
             problems_per_refresh: sample this many training problems per epoch (a seeded rotation), or all.
             seed: seed of the problem rotation.
-            save_experiences: append each refresh's experiences to ``experiences.jsonl`` in the log folder.
+            save_experiences: write each refresh's experiences to ``<default_root_dir>/experiences.jsonl`` (a
+                resumed epoch replaces the lines its interrupted attempt wrote: each refresh appears once).
             chunk_problems: problems sampled and tested together before their results are written to the spill
                 file (``refresh_spill.py``); smaller = less lost on a kill, larger = better length bucketing.
-            resume_partial: spill each tested problem to ``<default_root_dir>/refresh_spill/`` and, when the same
-                refresh runs again after a kill (same epoch, problems, settings and weights), skip what it holds.
+            resume_partial: spill each tested problem to ``<default_root_dir>/refresh_spill/`` and, when a resumed
+                fit (``--ckpt_path``) runs the same refresh again (same epoch, problems and their tests, settings and
+                weights), skip what it holds. A fresh fit removes a spill it finds.
         """
         super().__init__()
         if source_model is not None and source_api is not None:
@@ -79,10 +86,46 @@ class ReplayRefresh(L.Callback):
         self._executor: Executor | None = None
         self.last_stats: dict[str, float] = {}
         self._p2metric = P2ValueMetric()
+        self._resume_point = ResumePoint()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._executor is None:
             self._executor = Executor(self.sandbox)
+
+    # -- the run folder across kills and resumes -----------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A fresh fit never reuses another run's spill; then the state a Ctrl-C would save (see interrupt.py)."""
+        if trainer.ckpt_path is None:
+            if trainer.is_global_zero:
+                self._start_clean(trainer)
+            trainer.strategy.barrier("refresh_spill_removed")
+        self._resume_point.on_fit_started(trainer)
+
+    @staticmethod
+    def _start_clean(trainer: L.Trainer) -> None:
+        root = run_root(trainer)
+        spill = root / SPILL_DIR
+        if spill.is_dir():
+            log.warning("fresh fit (no --ckpt_path): removing the refresh spill of an earlier run in %s; "
+                        "resume that run with --ckpt_path last to reuse it", spill)
+            shutil.rmtree(spill, ignore_errors=True)
+        earlier = [p.name for p in (root / EXPERIENCES, checkpoint_dir(trainer) / "last.ckpt") if p.exists()]
+        if earlier:
+            log.warning("fresh fit in %s, which holds an earlier run (%s): this run replaces its experiences, "
+                        "adapter and last.ckpt and adds to its TensorBoard folder; continue it with --ckpt_path last "
+                        "or start elsewhere with --trainer.default_root_dir", root, ", ".join(earlier))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resume_point.on_epoch_end(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._resume_point.on_exception(trainer, exception)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The fit finished: every refresh is in the buffer and the final state is saved; the spill goes."""
+        trainer.strategy.barrier("refresh_spill_done")
+        if trainer.is_global_zero:
+            shutil.rmtree(run_root(trainer) / SPILL_DIR, ignore_errors=True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._executor is not None:
@@ -127,10 +170,8 @@ class ReplayRefresh(L.Callback):
             "refresh/candidates": float(len(experiences)),
             "refresh/new": float(added),
         }
-        if self.save_experiences:  # on disk before anything else can fail
-            folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a collective: every rank asks
-            if trainer.is_global_zero:
-                self._append(folder, trainer.current_epoch, experiences)
+        if self.save_experiences and trainer.is_global_zero:  # on disk before anything else can fail
+            self._write(run_root(trainer) / EXPERIENCES, trainer.current_epoch, experiences)
         self._log(trainer, pl_module, experiences)
 
     def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
@@ -148,8 +189,11 @@ class ReplayRefresh(L.Callback):
         todo = [p for p in problems if p.id not in done]
         assert self._executor is not None, "refresh runs inside fit (setup creates the executor)"
         sampler = self.sampler(pl_module) if todo else None  # a source model is loaded only when needed
-        rank = pl_module.trainer.global_rank
+        trainer = pl_module.trainer
+        rank = trainer.global_rank
         for start in range(0, len(todo), self.chunk_problems):
+            if trainer.world_size == 1 and getattr(trainer, "received_sigterm", False):
+                raise SIGTERMException()  # Lightning checks only between training batches (and syncs the ranks)
             chunk = todo[start : start + self.chunk_problems]
             by_id = {p.id: p for p in chunk}
             # one random stream per (iteration, rank, chunk): seed + iteration alone repeats across chunks and ranks
@@ -170,8 +214,9 @@ class ReplayRefresh(L.Callback):
         settings = (self.generation, self.source_model, self.source_api, getattr(pl_module, "spec", None),
                     getattr(pl_module, "template", None), self.sandbox, replay, str(trainer.precision))
         digest = weights_digest(getattr(pl_module, "model", None)) if own_weights else ""
-        fp = fingerprint(epoch, trainer.global_rank, trainer.world_size, [p.id for p in problems], settings, digest)
-        return RefreshSpill(Path(trainer.default_root_dir), epoch, trainer.global_rank, fp)
+        problems_key = [problem_digest(p) for p in problems]  # ids, statements, tests: an edited problem is redone
+        fp = fingerprint(epoch, trainer.global_rank, trainer.world_size, problems_key, settings, digest)
+        return RefreshSpill(run_root(trainer), epoch, trainer.global_rank, fp)
 
     def _distribution(self, local: list[Experience], device: torch.device) -> dict[str, float]:
         """Mean P2Value / possibility / pass rate of this refresh over all ranks (torchmetrics-synced)."""
@@ -189,7 +234,7 @@ class ReplayRefresh(L.Callback):
             pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, batch_size=1)
         writer = getattr(trainer.logger, "experiment", None)
         if trainer.is_global_zero and experiences and hasattr(writer, "add_histogram"):
-            step = trainer.current_epoch
+            step = trainer.global_step  # the x-axis of every scalar too
             writer.add_histogram("refresh/p2value", torch.tensor([e.p2value for e in experiences]), step)
             writer.add_histogram("refresh/pass_rate", torch.tensor([e.pass_rate for e in experiences]), step)
             known = [e.possibility for e in experiences if e.possibility is not None]
@@ -198,10 +243,24 @@ class ReplayRefresh(L.Callback):
         log.info("refresh epoch %d: %s", trainer.current_epoch, self.last_stats)
 
     @staticmethod
-    def _append(folder: Path, epoch: int, experiences: list[Experience]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "experiences.jsonl", "a", encoding="utf-8") as f:
+    def _write(path: Path, epoch: int, experiences: list[Experience]) -> None:
+        """Keep the lines of earlier epochs, drop any of this epoch or later (an interrupted attempt's, which
+        a resume repeats), append this refresh's; written to a temporary file and moved into place."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[str] = []
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        if int(json.loads(line)["epoch"]) < epoch:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line torn by a kill
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
             for exp in experiences:
                 f.write(json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)

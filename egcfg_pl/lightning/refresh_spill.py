@@ -6,16 +6,19 @@ as soon as its chunk is tested (one JSON line per problem, fsynced; a torn last 
 same refresh runs again (a resumed fit restarts the interrupted epoch from the last checkpoint), the
 problems found in the spill are not sampled again.
 
-Reuse is only safe when the second attempt would sample the same thing, so every line carries a
-fingerprint of what determines the candidates: epoch, rank, world size, the shard's problem ids, the
-generation / source / replay settings, and a hash of the sampling model's trainable weights (the LoRA
-adapter; the frozen base is named by the model spec). Lines with another fingerprint are ignored, and
-spill files of earlier epochs are removed once a later refresh starts (their experiences are in the
-buffer, which the epoch's checkpoint holds).
+Reuse is only safe when the second attempt would sample and test the same thing, so every line carries a
+fingerprint of what determines the experiences: epoch, rank, world size, each problem of the shard (id,
+statement, prompt, tests, set-up code: ``problem_digest``), the generation / source / replay settings, and
+a hash of the sampling model's trainable weights (the LoRA adapter; the frozen base is named by the model
+spec). Lines with another fingerprint are ignored. Only a resumed fit reads the spill: a fresh fit removes
+it (``ReplayRefresh.on_train_start``). Spill files of earlier epochs are removed once a later refresh
+starts (their experiences are in the buffer, which the epoch-end checkpoint holds), and the whole folder
+when the fit finishes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 
+from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,18 @@ def weights_digest(module: torch.nn.Module | None) -> str:
     return h.hexdigest()
 
 
-def fingerprint(epoch: int, rank: int, world_size: int, problem_ids: Sequence[str], settings: Iterable[Any],
+def problem_digest(problem: Problem) -> str:
+    """sha256 of everything a problem's experiences depend on (its ``meta`` aside): id, statement, prompt,
+    tests, set-up code, entry point. An edited test changes the digest, so stale verdicts are never reused."""
+    fields = {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem) if f.name != "meta"}
+    return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+
+
+def fingerprint(epoch: int, rank: int, world_size: int, problems: Sequence[str], settings: Iterable[Any],
                 weights: str) -> str:
-    """What decides a refresh's candidates, hashed (settings are dataclasses or None; their repr is stable)."""
-    text = json.dumps([epoch, rank, world_size, list(problem_ids), [repr(s) for s in settings], weights])
+    """What decides a refresh's experiences, hashed: ``problems`` are ``problem_digest``s (settings are
+    dataclasses or None; their repr is stable)."""
+    text = json.dumps([epoch, rank, world_size, list(problems), [repr(s) for s in settings], weights])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
