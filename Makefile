@@ -52,7 +52,7 @@ bench-sampling: $(STAMP)
 bench-eval: $(STAMP)
 	for set in humaneval mbpp; do \
 	  $(PY) cli.py test --config configs/eval_$${set}_smollm2.yaml && \
-	  $(PY) -m benchmarks.eval_summary "$$(ls -td checkpoints/eval_$${set}_smollm2/tb/version_*/ | head -1)eval_test_epoch0.json" \
+	  $(PY) -m benchmarks.eval_summary checkpoints/eval_$${set}_smollm2/eval_test_epoch0.json \
 	    benchmarks/results/eval_$${set}_smollm2.json --command "python cli.py test --config configs/eval_$${set}_smollm2.yaml" || exit 1; \
 	done
 
