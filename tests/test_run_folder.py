@@ -44,6 +44,7 @@ data:
   batch_size: 2
   samples_per_epoch: 4
   max_length: 256
+  replay: {{truncated: no_eos}}  # a random tiny model never ends within 12 tokens
 """
 
 

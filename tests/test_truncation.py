@@ -235,3 +235,14 @@ def test_sample_and_filter_stops_when_every_kept_program_is_truncated():
         StopOnEmptyBuffer().on_train_epoch_start(trainer, None)
     buffer.add([experience(1, True, truncated=False)])
     StopOnEmptyBuffer().on_train_epoch_start(trainer, None)  # something drawable: no error
+
+
+def test_a_program_cut_off_before_any_text_is_never_drawn_under_no_eos():
+    """Under ``no_eos`` an empty truncated program has no token to learn (no fence, no EOS): drawing a batch of them
+    gave a NaN loss. It is stored and counted, never drawn."""
+    empty = Experience.build(Candidate("toy/9", "", "", -3.0, 12, truncated=True),
+                             Verdict("toy/9", (TestResult(Status.ERROR),)), 0.5)
+    buffer = ReplayBuffer(ReplaySettings(seed=0, truncated="no_eos"))
+    buffer.add([empty, experience(1, False, truncated=True)])
+    assert {buffer.experiences[i].problem_id for i in buffer.sample_indices(100)} == {"toy/1"}
+    assert buffer.stats()["buffer/skipped_empty"] == 1 and buffer.stats()["buffer/drawable"] == 1

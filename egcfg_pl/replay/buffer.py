@@ -158,9 +158,13 @@ class ReplayBuffer:
 
     def excluded(self, exp: Experience) -> str | None:
         """Why ``exp`` is never drawn for training, or None: ``truncated`` (cut off by the token budget, under
-        ``truncated: skip``) or ``long_prompt`` (its prompt leaves no room for the program, see ``prompt_fits``)."""
+        ``truncated: skip``), ``empty`` (cut off before any program text, under ``no_eos``: with no fence and no EOS
+        there is no token to learn, and a batch of such rows has a NaN loss) or ``long_prompt`` (its prompt leaves
+        no room for the program, see ``prompt_fits``)."""
         if exp.candidate.truncated and self.settings.truncated == "skip":
             return "truncated"
+        if exp.candidate.truncated and not exp.program.strip():
+            return "empty"
         if self.prompt_fits is not None and not self.prompt_fits(exp):
             return "long_prompt"
         return None
@@ -178,8 +182,8 @@ class ReplayBuffer:
             raise ValueError(
                 f"none of the {len(items)} replay experiences can be trained on: {reasons.count('truncated')} are "
                 f"cut off by the token budget ({setting_path('truncated')} is skip: raise the sampler's "
-                f"max_new_tokens or set it to no_eos) and {reasons.count('long_prompt')} have prompts longer than "
-                "data.max_length (raise it)"
+                f"max_new_tokens or set it to no_eos), {reasons.count('empty')} were cut off before any program text "
+                f"and {reasons.count('long_prompt')} have prompts longer than data.max_length (raise it)"
             )
         s = self.settings
         kept = [items[i] for i in drawable]
@@ -204,7 +208,8 @@ class ReplayBuffer:
 
     def stats(self) -> dict[str, float]:
         """Buffer summary for logging: size, means, solved fraction, problems covered, truncated programs, and
-        how many entries the draws skip (``skipped_truncated``, ``skipped_long_prompt``; the rest is ``drawable``)."""
+        how many entries the draws skip (``skipped_truncated``, ``skipped_empty``, ``skipped_long_prompt``; the rest
+        is ``drawable``)."""
         items = self.experiences
         if not items:
             return {"buffer/size": 0.0}
@@ -227,6 +232,7 @@ class ReplayBuffer:
             "buffer/frac_truncated": float(np.mean([e.candidate.truncated for e in items])),
             "buffer/skipped_truncated": float(reasons.count("truncated")),
             "buffer/skipped_long_prompt": float(reasons.count("long_prompt")),
+            "buffer/skipped_empty": float(reasons.count("empty")),
             "buffer/drawable": float(reasons.count(None)),
         }
 
