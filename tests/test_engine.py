@@ -198,3 +198,30 @@ def test_a_longer_prompt_joins_a_narrower_running_batch(tiny, mixed):
             logp = model(ids).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
         assert logp.argmax(-1).tolist() == list(d.token_ids)
         assert d.logprob == pytest.approx(logp.gather(-1, ids[0, len(prompt) :, None]).sum().item(), abs=TOL)
+
+
+def test_prefill_groups_bound_rows_times_width_squared():
+    from egcfg_pl.sampling.engine import prefill_groups
+
+    assert prefill_groups([10, 10, 10, 10], budget=400) == [[0, 1, 2, 3]]
+    assert prefill_groups([10, 10, 10, 10], budget=200) == [[0, 1], [2, 3]]
+    assert prefill_groups([3000, 20, 20], budget=2**20) == [[0], [1, 2]]  # a single row over the budget still runs
+    assert prefill_groups([], budget=10) == []
+
+
+def test_a_small_prefill_budget_splits_the_prefill_and_decodes_the_same(tiny, mixed):
+    """Long prompts prefilled 32 at once took the box out of memory (eager attention's width^2 scores): the
+    prefill is split under ``prefill_budget``, and the tokens and log-probs are those of one big prefill."""
+    model, tok = tiny
+    prompts = [tuple(encode_prompt(tok, build_prompt(p, tok, PromptTemplate()))) for p in mixed]
+    requests = [Request(p, NoStop(), 5) for p in prompts]
+    whole = ContinuousDecoder(model, [10**9], 0, slots=6).run(requests)
+    seen, handle = count_rows(model)
+    try:
+        widest = max(len(p) for p in prompts)
+        split = ContinuousDecoder(model, [10**9], 0, slots=6, prefill_budget=2 * widest**2).run(requests)
+    finally:
+        handle.remove()
+    assert seen["calls"] > 5  # more than one prefill call before the 4 decode steps
+    for a, b in zip(whole, split):
+        assert a.token_ids == b.token_ids and a.logprob == pytest.approx(b.logprob, abs=TOL)
