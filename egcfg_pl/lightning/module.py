@@ -76,7 +76,7 @@ class BTPModule(L.LightningModule):
         if api is not None and mode != "btp_only":
             raise ValueError(
                 "model.api makes an API the model (openai / deepseek modes) and needs model.mode: btp_only; "
-                "to fine-tune a local target on API samples (hybrid), set the ReplayRefresh callback's source_api"
+                "to fine-tune a local target on API samples (hybrid), set refresh.source_api instead"
             )
         self.api = api
         self._api_sampler: Any = None
