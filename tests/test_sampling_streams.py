@@ -70,7 +70,7 @@ def test_two_chunks_of_one_refresh_do_not_share_a_random_stream(tiny):
             streams.append(tuple(stream))
             return super().sample(problems, iteration=iteration, stream=stream)
 
-    module = SimpleNamespace(trainer=SimpleNamespace(global_rank=0), sampler=lambda settings: Recording(model, tok, settings))
+    module = SimpleNamespace(trainer=SimpleNamespace(global_rank=0, world_size=1), sampler=lambda settings: Recording(model, tok, settings))
     refresh._executor = SimpleNamespace(
         run_many=lambda jobs: [Verdict(p.id, (TestResult(Status.FAILED, 0.0),)) for p, _ in jobs]
     )

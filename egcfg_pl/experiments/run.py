@@ -23,6 +23,7 @@ from egcfg_pl.experiments.spec import RunSettings
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
 from egcfg_pl.lightning.refresh import ReplayRefresh
+from egcfg_pl.lightning.refresh_core import score
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience
 
@@ -78,7 +79,8 @@ class SharedSampleRefresh(ReplayRefresh):
             self.reused += 1
         else:
             self.cache[key] = [(e.candidate, e.verdict) for e in super().refresh(pl_module, problems, replay, epoch)]
-        return [Experience.build(c, v, replay.p2value_alpha, replay.possibility) for c, v in self.cache[key]]
+        candidates, verdicts = zip(*self.cache[key]) if self.cache[key] else ((), ())
+        return score(candidates, verdicts, replay)
 
 
 def build_module(s: RunSettings, train: bool) -> BTPModule:

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from egcfg_pl.lightning.interrupt import ResumePoint
+from egcfg_pl.lightning.refresh_core import refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
 from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
@@ -175,7 +176,8 @@ class ReplayRefresh(L.Callback):
         self._log(trainer, pl_module, experiences)
 
     def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
-        """Sample and test one shard of problems; returns the experiences (not yet in the buffer).
+        """Sample and test one shard of problems (``refresh_experiences`` per chunk); returns the experiences (not
+        yet in the buffer).
 
         Works in chunks of ``chunk_problems``; each tested problem is spilled to disk at once (see
         ``refresh_spill.py``), and problems already in the spill of an interrupted attempt are not redone.
@@ -195,17 +197,13 @@ class ReplayRefresh(L.Callback):
             if trainer.world_size == 1 and getattr(trainer, "received_sigterm", False):
                 raise SIGTERMException()  # Lightning checks only between training batches (and syncs the ranks)
             chunk = todo[start : start + self.chunk_problems]
-            by_id = {p.id: p for p in chunk}
             # one random stream per (iteration, rank, chunk): seed + iteration alone repeats across chunks and ranks
-            candidates = sampler.sample(chunk, iteration=epoch, stream=(rank, start // self.chunk_problems))
-            verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
-            fresh: dict[str, list[Experience]] = {p.id: [] for p in chunk}
-            for c, v in zip(candidates, verdicts):
-                fresh[c.problem_id].append(Experience.build(c, v, replay.p2value_alpha, replay.possibility))
-            for problem_id, experiences in fresh.items():
-                done[problem_id] = experiences
+            tested = refresh_experiences(sampler, self._executor, chunk, replay, iteration=epoch,
+                                         stream=(rank, start // self.chunk_problems))
+            for problem in chunk:
+                done[problem.id] = [e for e in tested if e.candidate.problem_id == problem.id]
                 if spill is not None:
-                    spill.append(problem_id, experiences)
+                    spill.append(problem.id, done[problem.id])
         return [e for p in problems for e in done[p.id]]
 
     def _spill(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> RefreshSpill:
