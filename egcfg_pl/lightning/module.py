@@ -23,7 +23,7 @@ from egcfg_pl.prompts import PromptTemplate
 from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.base import Sampler
-from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.factory import build_sampler
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import SandboxConfig
 
@@ -135,13 +135,12 @@ class BTPModule(L.LightningModule):
     def sampler(self, settings: GenerationSettings, name: str = "") -> Sampler:
         """The model as a sampler: the current local weights (LoRA active), or the API of the openai /
         deepseek modes (whose own settings then decide n and decoding). Used by refresh and evaluation."""
-        if self.api is not None:
-            if self._api_sampler is None:
-                from egcfg_pl.sampling.api import ApiSampler
-
-                self._api_sampler = ApiSampler(self.api, self.template)
-            return self._api_sampler
-        return HFSampler(self.model, self.tokenizer, settings, self.template, name=name or self.spec.name)
+        if self.api is None:
+            return build_sampler(settings, self.template, model=self.model, tokenizer=self.tokenizer,
+                                 name=name or self.spec.name)
+        if self._api_sampler is None:
+            self._api_sampler = build_sampler(settings, self.template, api=self.api)
+        return self._api_sampler
 
     # -- training --------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:

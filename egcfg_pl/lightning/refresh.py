@@ -21,12 +21,12 @@ from egcfg_pl.lightning.refresh_core import refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
 from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
-from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
+from egcfg_pl.models import ModelSpec
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience, experience_to_dict
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.base import Sampler
-from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.factory import build_sampler
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import Executor, SandboxConfig
 
@@ -135,20 +135,12 @@ class ReplayRefresh(L.Callback):
 
     def sampler(self, pl_module: Any) -> Sampler:
         """The source of candidates: the target itself, a separate local model, or an API."""
-        if self.source_api is not None:
-            if self._sampler is None:
-                from egcfg_pl.sampling.api import ApiSampler
-
-                self._sampler = ApiSampler(self.source_api, pl_module.template)
-            return self._sampler
-        if self.source_model is not None:
-            if self._sampler is None:
-                model = load_model(self.source_model)
-                model.to(pl_module.device)
-                tok = load_tokenizer(self.source_model)
-                self._sampler = HFSampler(model, tok, self.generation, pl_module.template, name=self.source_model.name)
-            return self._sampler
-        return pl_module.sampler(self.generation)  # rebuilt each time: it wraps the live weights
+        if self.source_api is None and self.source_model is None:
+            return pl_module.sampler(self.generation)  # rebuilt each time: it wraps the live weights
+        if self._sampler is None:  # a source model is loaded once, on the module's device
+            self._sampler = build_sampler(self.generation, pl_module.template, api=self.source_api,
+                                          source=self.source_model, device=pl_module.device)
+        return self._sampler
 
     def select(self, problems: Sequence[Problem], epoch: int) -> list[Problem]:
         if self.problems_per_refresh is None or self.problems_per_refresh >= len(problems):
