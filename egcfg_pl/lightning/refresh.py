@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from egcfg_pl.crash_safe import atomic_write_text
 from egcfg_pl.lightning.interrupt import ResumePoint
 from egcfg_pl.lightning.refresh_core import refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
@@ -236,7 +236,6 @@ class ReplayRefresh(L.Callback):
     def _write(path: Path, epoch: int, experiences: list[Experience]) -> None:
         """Keep the lines of earlier epochs, drop any of this epoch or later (an interrupted attempt's, which
         a resume repeats), append this refresh's; written to a temporary file and moved into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
         if path.is_file():
             with open(path, encoding="utf-8") as f:
@@ -246,11 +245,5 @@ class ReplayRefresh(L.Callback):
                             kept.append(line if line.endswith("\n") else line + "\n")
                     except (ValueError, KeyError, TypeError):
                         continue  # a line torn by a kill
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            for exp in experiences:
-                f.write(json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        rows = [json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n" for exp in experiences]
+        atomic_write_text(path, "".join(kept + rows))
