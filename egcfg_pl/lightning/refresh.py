@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from egcfg_pl.crash_safe import atomic_write_text
 from egcfg_pl.lightning.interrupt import ResumePoint
-from egcfg_pl.lightning.refresh_core import refresh_experiences
+from egcfg_pl.lightning.refresh_core import add_to_metric, refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
 from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
@@ -210,11 +210,7 @@ class ReplayRefresh(L.Callback):
 
     def _distribution(self, local: list[Experience], device: torch.device) -> dict[str, float]:
         """Mean P2Value / possibility / pass rate of this refresh over all ranks (torchmetrics-synced)."""
-        metric = self._p2metric.to(device)
-        if local:
-            possibility = [float("nan") if e.possibility is None else e.possibility for e in local]
-            as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-            metric.update(as_tensor([e.p2value for e in local]), as_tensor(possibility), as_tensor([e.pass_rate for e in local]))
+        metric = add_to_metric(self._p2metric.to(device), local)
         values = {f"refresh/{k}": float(v) for k, v in metric.compute().items()}
         metric.reset()
         return values

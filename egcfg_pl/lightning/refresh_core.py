@@ -7,8 +7,12 @@ callback's, so a test or a notebook can run one refresh with any sampler and exe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
+
+from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.replay.experience import Experience
@@ -44,3 +48,14 @@ def score(candidates: Sequence[Candidate], verdicts: Sequence[Verdict], settings
     re-scored this way by each variant that reuses it)."""
     return [Experience.build(c, v, settings.p2value_alpha, settings.possibility)
             for c, v in zip(candidates, verdicts, strict=True)]
+
+
+def add_to_metric(metric: P2ValueMetric, experiences: Sequence[Experience]) -> P2ValueMetric:
+    """Count experiences into a P2Value / possibility / pass-rate metric (an unknown possibility as NaN, which
+    the metric leaves out); the refresh logs its means, the experiment record its histogram."""
+    if experiences:
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+        possibility = [math.nan if e.possibility is None else e.possibility for e in experiences]
+        metric.update(as_tensor([e.p2value for e in experiences]), as_tensor(possibility),
+                      as_tensor([e.pass_rate for e in experiences]))
+    return metric
