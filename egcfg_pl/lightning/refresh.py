@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from egcfg_pl.crash_safe import atomic_write_text
+from egcfg_pl.lightning.gather import gather_objects
 from egcfg_pl.lightning.interrupt import ResumePoint
 from egcfg_pl.lightning.refresh_core import add_to_metric, refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
@@ -35,11 +36,7 @@ log = logging.getLogger(__name__)
 
 def all_gather_experiences(local: list[Experience]) -> list[Experience]:
     """Every rank gets every rank's experiences, in rank order, so all buffers stay identical."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    gathered: list[list[Experience] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, local)
-    return [exp for part in gathered for exp in part or []]
+    return [exp for part in gather_objects(local) for exp in part or []]
 
 
 class ReplayRefresh(L.Callback):
