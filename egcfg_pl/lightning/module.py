@@ -119,8 +119,13 @@ class BTPModule(L.LightningModule):
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is not None or self.api is not None:
-            return
+        if self.model is None and self.api is None:
+            self._load_model()
+        datamodule = getattr(self._trainer, "datamodule", None)  # hand it what training batches need, before
+        if hasattr(datamodule, "connect"):  # configure_optimizers counts the steps (its train_dataloader)
+            datamodule.connect(self.tokenizer, self.template, self.hparams.mode)
+
+    def _load_model(self) -> None:
         self.tokenizer = load_tokenizer(self.spec)
         model = load_model(self.spec)
         if self.lora is None:  # evaluation / btp_only: nothing is trained
