@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egcfg_pl.metrics.report import EvalReport, ProgramRunner, atomic_write_text, evaluate_candidates
+from egcfg_pl.crash_safe import atomic_write_text
+from egcfg_pl.metrics.report import EvalReport, ProgramRunner
+from egcfg_pl.metrics.scorer import evaluate_candidates
 from egcfg_pl.problems.problem import Problem, id_names
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sandbox.config import SandboxConfig

@@ -93,10 +93,20 @@ def test_typo_in_a_top_level_option_suggests_the_option(run_cli):
     ("--data.samples_per_epoch", "0", "data.samples_per_epoch"),
     ("--model.evaluation.max_new_tokens", "0", "max_new_tokens"),
     ("--data.replay.capacity", "0", "data.replay.capacity"),
+    ("--refresh.chunk_problems", "0", "refresh: chunk_problems"),
 ])
 def test_out_of_range_values_name_the_field(run_cli, tmp_path, option, value, field):
     status, err = run_cli([*DEMO_FIT, option, value, f"--trainer.default_root_dir={tmp_path}"])
     assert status == 2 and field in error_line(err)
+
+
+def test_refresh_left_in_trainer_callbacks_says_to_move_it(run_cli, tmp_path):
+    """A YAML from before the ``refresh:`` section would otherwise run two refreshes each epoch."""
+    old = tmp_path / "old.yaml"
+    old.write_text("trainer:\n  callbacks:\n    - class_path: egcfg_pl.lightning.refresh.ReplayRefresh\n"
+                   "      init_args: {problems_per_refresh: 2}\n")
+    status, err = run_cli([*DEMO_FIT, "--config", str(old), f"--trainer.default_root_dir={tmp_path}"])
+    assert status == 2 and "move its init_args there" in error_line(err) and "refresh:" in error_line(err)
 
 
 def test_print_config_refuses_an_invalid_value(run_cli, capsys):

@@ -116,6 +116,8 @@ def test_ablation_has_one_evaluated_fine_tuned_variant_per_strategy(campaign):
         assert Path(entry["adapter"], "adapter_config.json").is_file()
         assert "evaluated_as" not in entry  # its own held-out evaluation, not the untrained one
         assert entry["buffer"]["size"] > 0 and sum(entry["buffer"]["p2value_hist"]["counts"]) == entry["buffer"]["size"]
+        held_out_bins = json.loads(Path(entry["held_out"]["eval_json"]).read_text())["bin_edges"]
+        assert entry["buffer"]["p2value_hist"]["edges"] == pytest.approx(held_out_bins)  # one histogram, one set of bins
         assert set(entry["vs_untrained"]["delta"]) == {"pass@1", "avg_pass_rate"}
     evals = {v["held_out"]["eval_json"] for v in result["variants"]}
     assert len(evals) == len(STRATEGIES)

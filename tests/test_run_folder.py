@@ -26,12 +26,11 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
   callbacks:
-    - class_path: egcfg_pl.lightning.refresh.ReplayRefresh
-      init_args:
-        generation: {{strategy: beam, num_beams: 2, num_return_sequences: 2, max_new_tokens: 12, progress: false}}
-        sandbox: {{timeout: 2.0, workers: 2}}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{save_last: true}}
+refresh:
+  generation: {{strategy: beam, num_beams: 2, num_return_sequences: 2, max_new_tokens: 12, progress: false}}
+  sandbox: {{timeout: 2.0, workers: 2}}
 model:
   model: {{name: {model}, dtype: float32, device: cpu}}
   lora: {{r: 4, alpha: 8, dropout: 0.0}}

@@ -11,7 +11,8 @@ import pytest
 
 from benchmarks.eval_summary import summarise
 from egcfg_pl.lightning.datamodule import ReplayStream
-from egcfg_pl.metrics.report import EvalReport, evaluate_candidates
+from egcfg_pl.metrics.report import EvalReport
+from egcfg_pl.metrics.scorer import evaluate_candidates
 from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.replay import ReplayBuffer, ReplaySettings

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from egcfg_pl.metrics.report import atomic_write_text
+from egcfg_pl.crash_safe import atomic_write_text
 
 TITLES = {
     "step1_baseline": "Step 1: sample-and-filter baseline",

@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 
 from egcfg_pl.experiments.spec import RunSettings
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
 from egcfg_pl.lightning.refresh import ReplayRefresh
+from egcfg_pl.lightning.refresh_core import add_to_metric, score
+from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience
 
 log = logging.getLogger(__name__)
-HIST_BINS = 20  # P2Value histogram bins on [0, 1]
 
 
 class EmptyReplayError(RuntimeError):
@@ -78,7 +78,8 @@ class SharedSampleRefresh(ReplayRefresh):
             self.reused += 1
         else:
             self.cache[key] = [(e.candidate, e.verdict) for e in super().refresh(pl_module, problems, replay, epoch)]
-        return [Experience.build(c, v, replay.p2value_alpha, replay.possibility) for c, v in self.cache[key]]
+        candidates, verdicts = zip(*self.cache[key]) if self.cache[key] else ((), ())
+        return score(candidates, verdicts, replay)
 
 
 def build_module(s: RunSettings, train: bool) -> BTPModule:
@@ -157,12 +158,13 @@ def fit(
 
 
 def buffer_record(data: BTPDataModule) -> dict[str, Any]:
-    """Buffer statistics, the P2Value histogram on [0, 1], and which models wrote the stored candidates."""
+    """Buffer statistics, the P2Value histogram on [0, 1] (the bins of every evaluation report: ``P2ValueMetric``),
+    and which models wrote the stored candidates."""
     items = data.buffer.experiences
-    counts, edges = np.histogram([e.p2value for e in items], bins=HIST_BINS, range=(0.0, 1.0))
+    histogram = add_to_metric(P2ValueMetric(), items)
     return {
         **{k.removeprefix("buffer/"): v for k, v in data.buffer.stats().items()},
-        "p2value_hist": {"edges": edges.tolist(), "counts": counts.tolist()},
+        "p2value_hist": {"edges": histogram.bin_edges.tolist(), "counts": histogram.histograms()["p2value"]},
         "sources": sorted({e.candidate.source for e in items}),
         "train_problems": len(data.train_problems),
     }

@@ -35,7 +35,7 @@ from egcfg_pl.experiments.run import run_variant
 from egcfg_pl.experiments.spec import STEPS, ExperimentSpec
 from egcfg_pl.experiments.steps import Variant, assemble, variant_settings
 from egcfg_pl.lightning.cli import configure_logging
-from egcfg_pl.metrics.report import atomic_write_text
+from egcfg_pl.crash_safe import atomic_write_text
 
 log = logging.getLogger(__name__)
 

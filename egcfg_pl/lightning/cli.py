@@ -1,4 +1,8 @@
-"""LightningCLI wiring: ``BTPModule`` + ``BTPDataModule`` from YAML, dataclass docstrings as help.
+"""LightningCLI wiring: ``BTPModule`` + ``BTPDataModule`` + the ``refresh:`` section (``ReplayRefresh``) from YAML,
+dataclass docstrings as help.
+
+The refresh is its own section, not an entry of ``trainer.callbacks``, so every setting of it can be overridden
+on the command line (``--refresh.problems_per_refresh 2``); Lightning adds the built callback to the Trainer.
 
 Parse errors are raised (``exit_on_error=False``) as :class:`~egcfg_pl.user_errors.UsageError` with one line
 ("unknown option data.replay.p2value_alfa; did you mean data.replay.p2value_alpha?") instead of a usage dump,
@@ -17,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
+from egcfg_pl.lightning.refresh import ReplayRefresh
 from egcfg_pl.lightning.run_folder import apply_to_cli_config
 from egcfg_pl.user_errors import UsageError, explain_parse_error
 
@@ -26,10 +31,12 @@ PRINT_CONFIG = "--print_config"
 class BTPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--log_level", default="INFO", help="Python logging level (DEBUG also shows tracebacks)")
+        parser.add_lightning_class_args(ReplayRefresh, "refresh")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         configure_logging(config.log_level)
+        refuse_refresh_in_callbacks(config)
         apply_to_cli_config(config)  # logger and checkpoints in trainer.default_root_dir (run_folder.py)
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -41,6 +48,16 @@ class BTPCLI(LightningCLI):
             instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
             instantiate(_parse(parser, plain))  # raises the settings' own ValueError
         self.config = _parse(parser, args)
+
+
+def refuse_refresh_in_callbacks(config: Any) -> None:
+    """A YAML written before the ``refresh:`` section would run two refreshes per epoch: say how to move it."""
+    trainer = config.get("trainer") if hasattr(config, "get") else None
+    for callback in (trainer.get("callbacks") if trainer is not None else None) or []:
+        class_path = str(callback.get("class_path") if hasattr(callback, "get") else type(callback).__qualname__)
+        if class_path.rsplit(".", 1)[-1] == ReplayRefresh.__name__:
+            raise UsageError("trainer.callbacks: ReplayRefresh is now the top-level `refresh:` section; move its "
+                             "init_args there (refresh: {problems_per_refresh: ..., generation: ...})")
 
 
 def _parse(parser: Any, args: Any) -> Any:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from egcfg_pl.lightning.collate import ReplayCollator
 from egcfg_pl.problems import ProblemSet, check_overlap
 from egcfg_pl.problems.problem import Problem
+from egcfg_pl.prompts import PromptTemplate
 from egcfg_pl.replay.buffer import ReplayBuffer, ReplaySettings
 from egcfg_pl.replay.experience import Experience
 
@@ -107,6 +108,14 @@ class BTPDataModule(L.LightningDataModule):
         self.buffer = ReplayBuffer(replay or ReplaySettings())
         self.train_problems: list[Problem] = []
         self.held_out_problems: list[Problem] = []
+        self._connected: tuple[Any, PromptTemplate, str] | None = None  # tokenizer, template, mode (``connect``)
+
+    def connect(self, tokenizer: Any, template: PromptTemplate, mode: str) -> None:
+        """What training batches need from the model, handed over once before the first epoch (litgpt's
+        ``LitDataModule.connect``; ``BTPModule.configure_model`` calls it): the tokenizer and prompt template that
+        tokenise prompt + program exactly as sampling did, and the mode (``btp_only`` trains nothing, so its
+        experiences pass through untokenised)."""
+        self._connected = (tokenizer, template, mode)
 
     def setup(self, stage: str) -> None:
         if not self.held_out_problems:
@@ -126,17 +135,20 @@ class BTPDataModule(L.LightningDataModule):
         return {p.id: p for p in [*self.train_problems, *self.held_out_problems]}
 
     def train_dataloader(self) -> DataLoader:
+        if self._connected is None:
+            raise RuntimeError("BTPDataModule.connect(tokenizer, template, mode) must run before training "
+                               "(BTPModule.configure_model calls it)")
+        tokenizer, template, mode = self._connected
         trainer = self.trainer
         world = trainer.world_size if trainer else 1
         steps = math.ceil(self.hparams.samples_per_epoch / (self.hparams.batch_size * world))
-        module = trainer.lightning_module
         stream = ReplayStream(self.buffer, steps, self.hparams.batch_size, trainer.global_rank, world)
         # its own generator: each epoch's iterator would otherwise draw a seed from the global torch RNG, which
         # a resumed fit (its iterator made before the RNG is restored) would not repeat (rng_state.py)
         own = torch.Generator()
-        if module.hparams.mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
+        if mode == "btp_only":  # nothing is trained: the experiences pass through untokenised
             return DataLoader(stream, batch_size=None, collate_fn=keep_as_is, generator=own)
-        collate = ReplayCollator(module.tokenizer, module.template, self.problems_by_id(), self.hparams.max_length)
+        collate = ReplayCollator(tokenizer, template, self.problems_by_id(), self.hparams.max_length)
         self.buffer.prompt_fits = collate.fits  # draws skip experiences whose prompt alone fills max_length
         return DataLoader(stream, batch_size=None, collate_fn=collate, generator=own)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from egcfg_pl.lightning.gather import distributed, gather_objects
 from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner
 from egcfg_pl.metrics.scorer import CandidateScorer
 from egcfg_pl.problems.problem import Problem
@@ -17,19 +18,11 @@ from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sandbox import Executor, SandboxConfig
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def gather_reports(local: list[ProblemReport]) -> list[ProblemReport]:
     """All ranks' per-problem records (DistributedSampler may repeat a few problems to even out shards;
     the first record of each problem id is kept)."""
-    if not _distributed():
-        return local
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, local)
     seen: dict[str, ProblemReport] = {}
-    for part in parts:
+    for part in gather_objects(local):
         for report in part or []:
             seen.setdefault(report.problem_id, report)
     return list(seen.values())
@@ -48,12 +41,9 @@ def claimed_problem_ids(parts: Sequence[Sequence[str]], rank: int) -> set[str]:
 def deduplicate_across_ranks(scorer: CandidateScorer) -> None:
     """Collective under DDP: recount ``scorer`` over the problems this rank owns, so the synced metric sums
     count each held-out problem once (padding repeats dropped), matching the de-duplicated JSON report."""
-    if not _distributed():
-        scorer.keep_only([r.problem_id for r in scorer.problems])  # a problem fed twice counts once
-        return
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, [r.problem_id for r in scorer.problems])
-    scorer.keep_only(claimed_problem_ids([p or [] for p in parts], torch.distributed.get_rank()))
+    parts = gather_objects([r.problem_id for r in scorer.problems])  # a problem fed twice counts once
+    rank = torch.distributed.get_rank() if distributed() else 0
+    scorer.keep_only(claimed_problem_ids([p or [] for p in parts], rank))
 
 
 class HeldOutEvaluator:
@@ -101,7 +91,7 @@ class HeldOutEvaluator:
         self._deduplicate()  # so the metrics and the per-problem records agree
         problems = gather_reports(self.scorer.problems)
         report = self.scorer.report(config, problems)
-        if not _distributed() or torch.distributed.get_rank() == 0:
+        if not distributed() or torch.distributed.get_rank() == 0:
             report.to_json(path)
         return report
 

@@ -23,7 +23,7 @@ from egcfg_pl.prompts import PromptTemplate
 from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.base import Sampler
-from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.factory import build_sampler
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import SandboxConfig
 
@@ -76,7 +76,7 @@ class BTPModule(L.LightningModule):
         if api is not None and mode != "btp_only":
             raise ValueError(
                 "model.api makes an API the model (openai / deepseek modes) and needs model.mode: btp_only; "
-                "to fine-tune a local target on API samples (hybrid), set the ReplayRefresh callback's source_api"
+                "to fine-tune a local target on API samples (hybrid), set refresh.source_api instead"
             )
         self.api = api
         self._api_sampler: Any = None
@@ -119,8 +119,13 @@ class BTPModule(L.LightningModule):
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is not None or self.api is not None:
-            return
+        if self.model is None and self.api is None:
+            self._load_model()
+        datamodule = getattr(self._trainer, "datamodule", None)  # hand it what training batches need, before
+        if hasattr(datamodule, "connect"):  # configure_optimizers counts the steps (its train_dataloader)
+            datamodule.connect(self.tokenizer, self.template, self.hparams.mode)
+
+    def _load_model(self) -> None:
         self.tokenizer = load_tokenizer(self.spec)
         model = load_model(self.spec)
         if self.lora is None:  # evaluation / btp_only: nothing is trained
@@ -135,13 +140,12 @@ class BTPModule(L.LightningModule):
     def sampler(self, settings: GenerationSettings, name: str = "") -> Sampler:
         """The model as a sampler: the current local weights (LoRA active), or the API of the openai /
         deepseek modes (whose own settings then decide n and decoding). Used by refresh and evaluation."""
-        if self.api is not None:
-            if self._api_sampler is None:
-                from egcfg_pl.sampling.api import ApiSampler
-
-                self._api_sampler = ApiSampler(self.api, self.template)
-            return self._api_sampler
-        return HFSampler(self.model, self.tokenizer, settings, self.template, name=name or self.spec.name)
+        if self.api is None:
+            return build_sampler(settings, self.template, model=self.model, tokenizer=self.tokenizer,
+                                 name=name or self.spec.name)
+        if self._api_sampler is None:
+            self._api_sampler = build_sampler(settings, self.template, api=self.api)
+        return self._api_sampler
 
     # -- training --------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:

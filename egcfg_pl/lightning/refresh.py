@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,16 +15,19 @@ import torch
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from egcfg_pl.crash_safe import atomic_write_text
+from egcfg_pl.lightning.gather import gather_objects
 from egcfg_pl.lightning.interrupt import ResumePoint
+from egcfg_pl.lightning.refresh_core import add_to_metric, refresh_experiences
 from egcfg_pl.lightning.refresh_spill import SPILL_DIR, RefreshSpill, fingerprint, problem_digest, weights_digest
 from egcfg_pl.lightning.run_folder import EXPERIENCES, checkpoint_dir, run_root
 from egcfg_pl.metrics.p2value import P2ValueMetric
-from egcfg_pl.models import ModelSpec, load_model, load_tokenizer
+from egcfg_pl.models import ModelSpec
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience, experience_to_dict
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.base import Sampler
-from egcfg_pl.sampling.beam import HFSampler
+from egcfg_pl.sampling.factory import build_sampler
 from egcfg_pl.sampling.settings import GenerationSettings
 from egcfg_pl.sandbox import Executor, SandboxConfig
 
@@ -34,11 +36,7 @@ log = logging.getLogger(__name__)
 
 def all_gather_experiences(local: list[Experience]) -> list[Experience]:
     """Every rank gets every rank's experiences, in rank order, so all buffers stay identical."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    gathered: list[list[Experience] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, local)
-    return [exp for part in gathered for exp in part or []]
+    return [exp for part in gather_objects(local) for exp in part or []]
 
 
 class ReplayRefresh(L.Callback):
@@ -134,20 +132,12 @@ class ReplayRefresh(L.Callback):
 
     def sampler(self, pl_module: Any) -> Sampler:
         """The source of candidates: the target itself, a separate local model, or an API."""
-        if self.source_api is not None:
-            if self._sampler is None:
-                from egcfg_pl.sampling.api import ApiSampler
-
-                self._sampler = ApiSampler(self.source_api, pl_module.template)
-            return self._sampler
-        if self.source_model is not None:
-            if self._sampler is None:
-                model = load_model(self.source_model)
-                model.to(pl_module.device)
-                tok = load_tokenizer(self.source_model)
-                self._sampler = HFSampler(model, tok, self.generation, pl_module.template, name=self.source_model.name)
-            return self._sampler
-        return pl_module.sampler(self.generation)  # rebuilt each time: it wraps the live weights
+        if self.source_api is None and self.source_model is None:
+            return pl_module.sampler(self.generation)  # rebuilt each time: it wraps the live weights
+        if self._sampler is None:  # a source model is loaded once, on the module's device
+            self._sampler = build_sampler(self.generation, pl_module.template, api=self.source_api,
+                                          source=self.source_model, device=pl_module.device)
+        return self._sampler
 
     def select(self, problems: Sequence[Problem], epoch: int) -> list[Problem]:
         if self.problems_per_refresh is None or self.problems_per_refresh >= len(problems):
@@ -175,7 +165,8 @@ class ReplayRefresh(L.Callback):
         self._log(trainer, pl_module, experiences)
 
     def refresh(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> list[Experience]:
-        """Sample and test one shard of problems; returns the experiences (not yet in the buffer).
+        """Sample and test one shard of problems (``refresh_experiences`` per chunk); returns the experiences (not
+        yet in the buffer).
 
         Works in chunks of ``chunk_problems``; each tested problem is spilled to disk at once (see
         ``refresh_spill.py``), and problems already in the spill of an interrupted attempt are not redone.
@@ -195,17 +186,13 @@ class ReplayRefresh(L.Callback):
             if trainer.world_size == 1 and getattr(trainer, "received_sigterm", False):
                 raise SIGTERMException()  # Lightning checks only between training batches (and syncs the ranks)
             chunk = todo[start : start + self.chunk_problems]
-            by_id = {p.id: p for p in chunk}
             # one random stream per (iteration, rank, chunk): seed + iteration alone repeats across chunks and ranks
-            candidates = sampler.sample(chunk, iteration=epoch, stream=(rank, start // self.chunk_problems))
-            verdicts = self._executor.run_many([(by_id[c.problem_id], c.program) for c in candidates])
-            fresh: dict[str, list[Experience]] = {p.id: [] for p in chunk}
-            for c, v in zip(candidates, verdicts):
-                fresh[c.problem_id].append(Experience.build(c, v, replay.p2value_alpha, replay.possibility))
-            for problem_id, experiences in fresh.items():
-                done[problem_id] = experiences
+            tested = refresh_experiences(sampler, self._executor, chunk, replay, iteration=epoch,
+                                         stream=(rank, start // self.chunk_problems))
+            for problem in chunk:
+                done[problem.id] = [e for e in tested if e.candidate.problem_id == problem.id]
                 if spill is not None:
-                    spill.append(problem_id, experiences)
+                    spill.append(problem.id, done[problem.id])
         return [e for p in problems for e in done[p.id]]
 
     def _spill(self, pl_module: Any, problems: Sequence[Problem], replay: Any, epoch: int) -> RefreshSpill:
@@ -220,11 +207,7 @@ class ReplayRefresh(L.Callback):
 
     def _distribution(self, local: list[Experience], device: torch.device) -> dict[str, float]:
         """Mean P2Value / possibility / pass rate of this refresh over all ranks (torchmetrics-synced)."""
-        metric = self._p2metric.to(device)
-        if local:
-            possibility = [float("nan") if e.possibility is None else e.possibility for e in local]
-            as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-            metric.update(as_tensor([e.p2value for e in local]), as_tensor(possibility), as_tensor([e.pass_rate for e in local]))
+        metric = add_to_metric(self._p2metric.to(device), local)
         values = {f"refresh/{k}": float(v) for k, v in metric.compute().items()}
         metric.reset()
         return values
@@ -246,7 +229,6 @@ class ReplayRefresh(L.Callback):
     def _write(path: Path, epoch: int, experiences: list[Experience]) -> None:
         """Keep the lines of earlier epochs, drop any of this epoch or later (an interrupted attempt's, which
         a resume repeats), append this refresh's; written to a temporary file and moved into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
         if path.is_file():
             with open(path, encoding="utf-8") as f:
@@ -256,11 +238,5 @@ class ReplayRefresh(L.Callback):
                             kept.append(line if line.endswith("\n") else line + "\n")
                     except (ValueError, KeyError, TypeError):
                         continue  # a line torn by a kill
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            for exp in experiences:
-                f.write(json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        rows = [json.dumps({"epoch": epoch, **experience_to_dict(exp)}) + "\n" for exp in experiences]
+        atomic_write_text(path, "".join(kept + rows))

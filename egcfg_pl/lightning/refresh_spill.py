@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from egcfg_pl.crash_safe import append_line
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
 
@@ -100,13 +100,9 @@ class RefreshSpill:
         return done
 
     def append(self, problem_id: str, experiences: Sequence[Experience]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         row = {"fingerprint": self.fingerprint, "problem_id": problem_id,
                "experiences": [experience_to_dict(e) for e in experiences]}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps(row))
 
     def remove_older(self) -> None:
         """Delete this rank's spill files of earlier epochs (those refreshes finished)."""

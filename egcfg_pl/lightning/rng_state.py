@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from egcfg_pl.lightning.gather import gather_objects
+
 KEY = "rng_states"
 
 
@@ -39,12 +41,7 @@ def restore(state: dict[str, Any]) -> None:
 
 def capture_all_ranks() -> list[dict[str, Any]]:
     """Every rank's states in rank order (a collective under DDP: every rank must call it)."""
-    mine = capture()
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [mine]
-    gathered: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, mine)
-    return gathered
+    return gather_objects(capture())
 
 
 def restore_rank(states: list[dict[str, Any]] | None, rank: int, world_size: int) -> bool:

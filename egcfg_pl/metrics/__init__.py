@@ -5,7 +5,8 @@ from egcfg_pl.metrics.exact_match import ExactMatch, canonical_ast, programs_mat
 from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.metrics.pass_at_k import PassAtK, estimate_pass_at_k
 from egcfg_pl.metrics.pass_rate import AveragePassRate, StrictAccuracy
-from egcfg_pl.metrics.report import CandidateReport, EvalReport, ProblemReport, evaluate_candidates
+from egcfg_pl.metrics.report import CandidateReport, EvalReport, ProblemReport
+from egcfg_pl.metrics.scorer import evaluate_candidates
 from egcfg_pl.metrics.rsr import relative_success_rate
 from egcfg_pl.metrics.runtime import GenerationThroughput, RuntimeEfficiency
 

@@ -1,16 +1,15 @@
-"""Scoring candidates with an executor, and the JSON results file (metrics + per-problem details)."""
+"""The JSON results file (metrics + per-problem details) and its records; ``scorer.py`` fills them."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from egcfg_pl.crash_safe import atomic_write_text
 from egcfg_pl.metrics.exact_match import programs_match
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.sampling.candidate import Candidate, PossibilityForm
@@ -99,21 +98,6 @@ class ProblemReport:
         return cls(**data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temp file next to ``path``, then ``os.replace`` it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _finite_or_none(value: Any) -> Any:
     """JSON has no NaN / inf: write them as null (read back as NaN by :meth:`EvalReport.from_json`)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -174,25 +158,3 @@ def group_by_problem(
         )
     return {pid: group for pid, group in groups.items() if group}, missing
 
-
-def evaluate_candidates(
-    problems: Sequence[Problem],
-    candidates: Iterable[Candidate],
-    executor: ProgramRunner,
-    ks: Iterable[int] = (1, 10, 100),
-    *,
-    allow_missing: bool = False,
-    p2value_alpha: float = 0.5,
-    possibility_form: PossibilityForm = "normalized",
-    config: dict[str, Any] | None = None,
-) -> EvalReport:
-    """Run every candidate through ``executor.run_many`` (one batch) and score them with :class:`CodeGenMetrics`.
-
-    Problems without candidates raise (listing their ids) unless ``allow_missing``; they are then
-    left out of the metrics and listed in ``EvalReport.unscored_problem_ids``.
-    """
-    from egcfg_pl.metrics.scorer import CandidateScorer  # the scorer builds on this module's records
-
-    scorer = CandidateScorer(executor, ks, p2value_alpha=p2value_alpha, possibility_form=possibility_form)
-    scorer.score(problems, candidates, allow_missing=allow_missing)
-    return scorer.report(config)

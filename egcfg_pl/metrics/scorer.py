@@ -113,3 +113,24 @@ class CandidateScorer:
     def reset(self) -> None:
         self.metrics.reset()
         self.problems, self.unscored, self.scored = [], [], []
+
+
+def evaluate_candidates(
+    problems: Sequence[Problem],
+    candidates: Iterable[Candidate],
+    executor: ProgramRunner,
+    ks: Iterable[int] = (1, 10, 100),
+    *,
+    allow_missing: bool = False,
+    p2value_alpha: float = 0.5,
+    possibility_form: PossibilityForm = "normalized",
+    config: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Run every candidate through ``executor.run_many`` (one batch) and score them with :class:`CodeGenMetrics`.
+
+    Problems without candidates raise (listing their ids) unless ``allow_missing``; they are then
+    left out of the metrics and listed in ``EvalReport.unscored_problem_ids``.
+    """
+    scorer = CandidateScorer(executor, ks, p2value_alpha=p2value_alpha, possibility_form=possibility_form)
+    scorer.score(problems, candidates, allow_missing=allow_missing)
+    return scorer.report(config)

@@ -2,10 +2,10 @@
 
 from egcfg_pl.replay.buffer import ReplayBuffer, ReplaySettings, normalize_program
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict, p2value
-from egcfg_pl.replay.priorities import STRATEGIES, sampling_probabilities
+from egcfg_pl.replay.priorities import DRAW_STRATEGIES, sampling_probabilities
 
 __all__ = [
-    "STRATEGIES",
+    "DRAW_STRATEGIES",
     "Experience",
     "ReplayBuffer",
     "ReplaySettings",

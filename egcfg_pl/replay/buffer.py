@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from egcfg_pl.replay.experience import Experience, experience_from_dict, experience_to_dict
-from egcfg_pl.replay.priorities import Strategy, check_strategy, sampling_probabilities
+from egcfg_pl.replay.priorities import DrawStrategy, check_strategy, sampling_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ReplaySettings:
     possibility: Literal["normalized", "raw"] = "normalized"
     """Which possibility enters P2Value: ``normalized`` = exp(logprob / tokens) (default; the raw product is
     ~1e-20 for a 100-token program, which would make P2Value ≈ (1−α)·pass_rate), or ``raw`` = exp(logprob)."""
-    strategy: Strategy = "power"
+    strategy: DrawStrategy = "power"
     """Draw rule: power (p^a/Σp^a on P2Value), rank (1/rank^a), or the ablations uniform, pass_rate, possibility."""
     sampling_alpha: float = 1.0
     """The exponent a of the draw rule (0 = uniform)."""

@@ -16,14 +16,14 @@ from typing import Literal
 
 import numpy as np
 
-Strategy = Literal["power", "rank", "uniform", "pass_rate", "possibility"]
-STRATEGIES: tuple[str, ...] = ("power", "rank", "uniform", "pass_rate", "possibility")
+DrawStrategy = Literal["power", "rank", "uniform", "pass_rate", "possibility"]
+DRAW_STRATEGIES: tuple[str, ...] = ("power", "rank", "uniform", "pass_rate", "possibility")
 
 
 def check_strategy(strategy: str, field: str = "replay strategy") -> None:
     """Fail with ``field`` (the setting's name in the user's config) when ``strategy`` is unknown."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"{field} {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    if strategy not in DRAW_STRATEGIES:
+        raise ValueError(f"{field} {strategy!r} is unknown; use one of {', '.join(DRAW_STRATEGIES)}")
 
 
 def average_ranks(scores: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def sampling_probabilities(
     p2values: Sequence[float],
     pass_rates: Sequence[float],
     possibilities: Sequence[float | None],
-    strategy: Strategy = "power",
+    strategy: DrawStrategy = "power",
     alpha: float = 1.0,
     epsilon: float = 1e-6,
 ) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Candidate sources behind one interface (``Sampler``): a local HF model (``beam.HFSampler``: beam search,
-greedy or sampling) or an OpenAI-compatible API (``api.ApiSampler``).
+greedy or sampling) or an OpenAI-compatible API (``api.ApiSampler``); ``factory.build_sampler`` builds either.
 
 The samplers are exported lazily, so importing the records here does not import transformers.
 """
@@ -12,7 +12,7 @@ from egcfg_pl.sampling.base import Sampler
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.settings import GenerationSettings
 
-_LAZY = {"HFSampler": "beam", "ApiSampler": "api", "ApiSettings": "api"}
+_LAZY = {"HFSampler": "beam", "ApiSampler": "api", "ApiSettings": "api", "build_sampler": "factory"}
 
 __all__ = ["Candidate", "GenerationSettings", "Sampler", *_LAZY]
 

@@ -1,8 +1,8 @@
 """On-disk cache of API responses: one small JSON file per request, written atomically.
 
 The key is a SHA-256 of the canonical JSON of everything that determines the response (base URL, model,
-endpoint, messages or prompt, sampling parameters, request index and seed). Each response is written to
-``<key>.json.tmp`` and moved into place with ``os.replace`` as soon as it arrives, so Ctrl-C or a crash
+endpoint, messages or prompt, sampling parameters, request index and seed). Each response is written as soon as it
+arrives (``crash_safe.atomic_write_text``: temporary file, fsync, ``os.replace``), so Ctrl-C or a crash
 loses nothing already paid for, and a rerun reads it back instead of sending the request again.
 Files hold the request parameters and the response body; never a key or a header.
 """
@@ -13,9 +13,10 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
+
+from egcfg_pl.crash_safe import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,4 @@ class ResponseCache:
         path = self.path(request)
         if path is None:
             return
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"request": request, "response": response}, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"request": request, "response": response}, ensure_ascii=False))

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Strategy = Literal["beam", "greedy", "sample"]
-STRATEGIES: tuple[str, ...] = ("beam", "greedy", "sample")
+DecodingStrategy = Literal["beam", "greedy", "sample"]
+DECODING_STRATEGIES: tuple[str, ...] = ("beam", "greedy", "sample")
 
 
 @dataclass
 class GenerationSettings:
     """Decoding settings for the local sampler (``HFSampler``)."""
 
-    strategy: Strategy = "beam"
+    strategy: DecodingStrategy = "beam"
     """``beam`` (beam search, the paper's sampler), ``greedy`` (one candidate), or ``sample`` (nucleus sampling)."""
     num_beams: int = 5
     """Beam width for ``beam``; ignored otherwise."""
@@ -61,8 +61,10 @@ class GenerationSettings:
         self.validate()
 
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"GenerationSettings.strategy {self.strategy!r} is unknown; use one of {STRATEGIES}")
+        if self.strategy not in DECODING_STRATEGIES:
+            raise ValueError(
+                f"GenerationSettings.strategy {self.strategy!r} is unknown; use one of {DECODING_STRATEGIES}"
+            )
         for name in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GenerationSettings.{name} must be >= 1, got {getattr(self, name)}")
