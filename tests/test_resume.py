@@ -30,8 +30,8 @@ def experiences(root: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
-    """The uninterrupted 2-epoch fit."""
+def straight(tiny_model_dir, tmp_path_factory, shared_data) -> tuple[Path, dict]:
+    """The uninterrupted 2-epoch fit (the script trains on MBPP from the data folder: skips without it)."""
     root = tmp_path_factory.mktemp("straight") / "run"
     proc, out = fit(tiny_model_dir, root, "straight")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_sigkill_in_the_first_refresh_resumes_from_the_spill_without_a_misleadin
     assert experiences(root) == experiences(straight[0])
 
 
-def test_validation_leaves_the_global_rng_alone(tmp_path, tiny_model_dir):
+def test_validation_leaves_the_global_rng_alone(tmp_path, tiny_model_dir, shared_data):
     """A validation between epochs must not move the torch RNG that training (LoRA dropout) draws from: an
     uninterrupted fit validates before epoch E+1, and a fit resumed from the end of epoch E must draw the same."""
     import lightning as L
