@@ -54,6 +54,24 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_data_dir(monkeypatch, tmp_path):
+    """No EGCFG_DATA_DIR and an empty `datasets` cache: only an explicit path, a data_dir or the hub remain."""
+    monkeypatch.delenv("EGCFG_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_home" / "datasets"))
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """The SmolLM2 tokenizer saved as a plain folder (loading it from GGUF takes ~6 s, so once)."""

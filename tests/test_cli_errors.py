@@ -10,7 +10,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -61,17 +60,8 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def no_data(monkeypatch, tmp_path):
-    monkeypatch.delenv("EGCFG_DATA_DIR", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_home" / "datasets"))
+def no_data(no_data_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -143,9 +133,9 @@ def test_hub_unavailable_says_how_to_give_the_dataset(run_cli, no_data):
     assert time.perf_counter() - start < 60  # parse + one offline cache miss, never a network wait
 
 
-def test_model_alias_typo_suggests_the_alias_without_a_hub_attempt(run_cli, monkeypatch):
+def test_model_alias_typo_suggests_the_alias_without_a_hub_attempt(run_cli, monkeypatch, closed_port):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")  # a hub attempt would fail differently
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")  # a hub attempt would fail differently
     status, err = run_cli([*HUMANEVAL_EVAL, "--data.held_out.limit", "1", "--model.model.name", "smollm2-13m"])
     assert status == 2 and "did you mean 'smollm2-135m'?" in error_line(err)
 
@@ -172,8 +162,8 @@ def test_openai_key_unset_names_the_variable(run_cli, tmp_path, monkeypatch):
     assert status == 2 and "environment variable OPENAI_API_KEY is not set" in error_line(err)
 
 
-def test_api_base_url_with_nothing_listening_fails_fast_naming_the_url(run_cli, tmp_path):
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+def test_api_base_url_with_nothing_listening_fails_fast_naming_the_url(run_cli, tmp_path, closed_port):
+    url = f"http://127.0.0.1:{closed_port}/v1"
     start = time.perf_counter()
     status, err = run_cli(api_fit(tmp_path, "--model.api.provider", "custom", "--model.api.base_url", url,
                                   "--model.api.api_key_env", "none", "--model.api.max_retries", "5"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,21 +26,6 @@ def write_mbpp(folder: Path, name: str = "mbpp.jsonl", task_id: int = 11) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(json.dumps({**MBPP_ROW, "task_id": task_id}) + "\n", encoding="utf-8")
     return folder / name
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def no_data_dir(monkeypatch, tmp_path):
-    """No EGCFG_DATA_DIR and an empty `datasets` cache: only an explicit path, a data_dir or the hub remain."""
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_home" / "datasets"))
 
 
 def test_nothing_outside_tests_names_the_workplace_data_folder():
@@ -123,10 +107,10 @@ def test_hub_offline_without_cache_fails_at_once_naming_the_fix(no_data_dir, mon
     assert time.perf_counter() - start < 15
 
 
-def test_unreachable_hub_fails_within_the_connect_timeout(no_data_dir, monkeypatch):
+def test_unreachable_hub_fails_within_the_connect_timeout(no_data_dir, monkeypatch, closed_port):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
     start = time.perf_counter()
     with pytest.raises(DatasetUnavailableError, match=r"cannot be reached .*EGCFG_DATA_DIR"):
         load_problems("codecontests", split="test")
