@@ -65,12 +65,12 @@ _Draw = tuple[int, tuple[int, ...]]  # (iteration, stream): which random draw a 
 
 def request_seed(seed: int, iteration: int, stream: Sequence[int], index: int) -> int:
     """The seed of request ``index`` (per problem; the prompt tells problems apart) of ``iteration`` in
-    ``stream``: ``derive_seed`` over all of them (with the stream's length, as numpy's SeedSequence pads
-    short inputs with zeros: ``(it, k)`` and ``(it, k, 0)`` would collide), folded to 31 bits because
+    ``stream``: ``derive_seed`` over all of them (it counts its parts, so streams of different lengths never
+    collide through SeedSequence's zero padding), folded to 31 bits because
     servers read it as a 32-bit integer (llama.cpp: uint32, where 0xFFFFFFFF means "random").
     ``seed + iteration·n + index`` ignored the stream (every chunk and rank of an iteration sent the same
     seeds) and collided across base seeds (seed 0, iteration 1 = seed n, iteration 0)."""
-    return derive_seed(seed, iteration, len(stream), *stream, index) & 0x7FFFFFFF
+    return derive_seed(seed, iteration, *stream, index) & 0x7FFFFFFF
 
 
 @dataclass
