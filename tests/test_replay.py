@@ -168,7 +168,7 @@ def test_settings_reject_bad_values_with_field_names():
     ("changes", "message"),
     [
         ({"sampling_alpha": -0.5},
-         r"data\.replay\.sampling_alpha \(run\.replay\.sampling_alpha in an experiment config\) must be"),
+         r"data\.replay\.sampling_alpha must be"),
         ({"sampling_alpha": float("nan")}, r"data\.replay\.sampling_alpha"),
         ({"sampling_alpha": float("inf")}, r"data\.replay\.sampling_alpha"),
         ({"min_pass_rate": 1.5}, r"data\.replay\.min_pass_rate .*must be in \[0, 1\].*got 1\.5"),

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from typing import Any
 
+import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
@@ -32,6 +34,7 @@ class BTPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--log_level", default="INFO", help="Python logging level (DEBUG also shows tracebacks)")
         parser.add_lightning_class_args(ReplayRefresh, "refresh")
+        parser.link_arguments("data.replay", "model.scoring")  # held-out P2Value is scored as the buffer scores
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -45,8 +48,7 @@ class BTPCLI(LightningCLI):
         Unlike Lightning's own, this emits no "args ... not recommended" warning: ``cli.py`` passes ``sys.argv``."""
         if isinstance(args, list) and any(a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "=") for a in args):
             plain = [a for a in args if not (a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "="))]
-            instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
-            instantiate(_parse(parser, plain))  # raises the settings' own ValueError
+            _instantiate(parser, _parse(parser, plain))  # raises the settings' own ValueError
         self.config = _parse(parser, args)
 
 
@@ -58,6 +60,10 @@ def refuse_refresh_in_callbacks(config: Any) -> None:
         if class_path.rsplit(".", 1)[-1] == ReplayRefresh.__name__:
             raise UsageError("trainer.callbacks: ReplayRefresh is now the top-level `refresh:` section; move its "
                              "init_args there (refresh: {problems_per_refresh: ..., generation: ...})")
+
+
+def _instantiate(parser: Any, config: Any) -> Any:
+    return (getattr(parser, "instantiate", None) or parser.instantiate_classes)(config)  # jsonargparse < 4.49
 
 
 def _parse(parser: Any, args: Any) -> Any:
@@ -78,11 +84,34 @@ def _option_strings(parser: Any) -> list[str]:
     return found
 
 
-def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI:
+class ParseOnlyCLI(BTPCLI):
+    def instantiate_classes(self) -> None:
+        """Build nothing here: ``check_config`` builds the settings and objects but no Trainer."""
+
+
+def check_config(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """Parse a fit config and build its module, datamodule and refresh (cheap: no model is loaded, no Trainer is
+    made), so every setting's own check runs; an error names ``where`` and the setting. Returns the complete
+    config (every default written out, as ``--print_config`` shows it): two configs that differ only in
+    spelling out a default resolve to the same one."""
+    try:
+        cli = run_lightning_cli(config, run=False, cls=ParseOnlyCLI)
+        _instantiate(cli.parser, cli.config)
+    except ValueError as error:  # UsageError too
+        first = re.search(r"Errors:\n\s*- (.+)", str(error))  # a union's failed member: the setting's own message
+        raise UsageError(f"{where}: {first.group(1) if first else error}") from error
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+
+
+def run_lightning_cli(
+    args: list[str] | dict[str, Any] | None = None, run: bool = True, cls: type[BTPCLI] = BTPCLI, **kwargs: Any
+) -> BTPCLI:
+    """``cli.py fit|test|...`` (``run``), or the objects of one config without running (``run=False``: the demo,
+    the campaign's variants; ``args`` a command line or the config as a mapping; ``kwargs`` go to LightningCLI)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     no_exit = {"default_env": False, "exit_on_error": False}
-    cli = BTPCLI(
+    cli = cls(
         BTPModule,
         BTPDataModule,
         args=args,
@@ -90,6 +119,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> BTPCLI
         save_config_kwargs={"overwrite": True},
         parser_kwargs={**no_exit, **{name: dict(no_exit) for name in LightningCLI.subcommands()}},
         auto_configure_optimizers=False,
+        **kwargs,
     )
     return cli
 

@@ -9,9 +9,14 @@ from typing import Any
 
 import torch
 
+import lightning as L
+
+from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.gather import distributed, gather_objects
+from egcfg_pl.lightning.run_folder import latest_eval_json
 from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner
 from egcfg_pl.metrics.scorer import CandidateScorer
+from egcfg_pl.problems import ProblemSet
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.base import Sampler
@@ -103,3 +108,15 @@ class HeldOutEvaluator:
         close = getattr(self.executor, "close", None)
         if close is not None:
             close()
+
+
+def held_out_test(
+    module: L.LightningModule, problems: ProblemSet, folder: Path, eval_batch_size: int, **trainer_kwargs: Any
+) -> Path:
+    """``trainer.test`` of ``module``'s current weights on ``problems`` with a Trainer of its own whose run folder is
+    ``folder``; returns the evaluation JSON it wrote there. The demo's baselines and every campaign variant use it."""
+    data = BTPDataModule(held_out=problems, eval_batch_size=eval_batch_size)
+    trainer = L.Trainer(devices=1, default_root_dir=str(folder), logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, **trainer_kwargs)
+    trainer.test(module, data, verbose=False)
+    return latest_eval_json(folder, "test")

@@ -16,7 +16,7 @@ import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settin
 from egcfg_pl.lightning import rng_state
 from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
-from egcfg_pl.lightning.run_folder import ADAPTER_DIR, PUBLIC_BASE_IDS, print_summary
+from egcfg_pl.lightning.run_folder import ADAPTER_DIR, PUBLIC_BASE_IDS, eval_json, print_summary
 from egcfg_pl.metrics.independence import refuse_dependent_pass_k
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
@@ -48,6 +48,7 @@ class BTPModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         results_dir: str | None = None,
         api: ApiSettings | None = None,
+        scoring: ReplaySettings | None = None,
     ) -> None:
         """
         Args:
@@ -69,6 +70,9 @@ class BTPModule(L.LightningModule):
                 refresh candidates and the held-out answers, and no local model is loaded (needs
                 ``mode: btp_only``). For ``hybrid`` (API source, local LoRA target) set the refresh
                 callback's ``source_api`` instead.
+            scoring: how held-out P2Value is scored (α and possibility form of these replay settings); the CLI
+                links it from ``data.replay``, so held-out statistics follow the buffer's (not a separate
+                ``replay`` key: Lightning merges module and datamodule hyper-parameters by name).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -85,13 +89,13 @@ class BTPModule(L.LightningModule):
         self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
         self.sandbox = sandbox or SandboxConfig()
         self.pass_k = pass_k or [1]
+        self.scoring = scoring or ReplaySettings()
         self._check_pass_k()
         # checkpoints hold only the trainable (LoRA) weights; on_load_checkpoint checks those keys exactly
         self.strict_loading = False
         self.model: Any = None
         self.tokenizer: Any = None
         self.evaluators: dict[str, HeldOutEvaluator] = {}
-        self.last_eval: dict[str, Any] = {}
         self._fit_start_step = 0  # global_step when this fit's training started (after a resume)
         self._validated_step: int | None = None  # global_step of the last validation inside fit
 
@@ -248,15 +252,9 @@ class BTPModule(L.LightningModule):
         print_summary(self.trainer, self)
 
     # -- held-out evaluation --------------------------------------------------------------------------
-    def _replay_settings(self) -> ReplaySettings:
-        """The datamodule's ``data.replay`` (P2Value alpha and possibility form), defaults without one."""
-        buffer = getattr(getattr(self._trainer, "datamodule", None), "buffer", None)
-        settings = getattr(buffer, "settings", None)
-        return settings if isinstance(settings, ReplaySettings) else ReplaySettings()
-
     def _evaluator(self, stage: str) -> HeldOutEvaluator:
         if stage not in self.evaluators:
-            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage, replay=self._replay_settings())
+            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage, replay=self.scoring)
         return self.evaluators[stage]
 
     def _eval_step(self, stage: str, batch: RecordBatch) -> None:
@@ -271,16 +269,15 @@ class BTPModule(L.LightningModule):
         evaluator.reset()
 
     def _write_eval(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
-        """Collective under DDP: the evaluation JSON (rank 0 writes it) and ``last_eval``."""
+        """Collective under DDP: the evaluation JSON (rank 0 writes it), the result a caller reads."""
         evaluator = self._evaluator(stage)
-        path = self.output_dir() / f"eval_{stage}_epoch{epoch}.json"
+        path = eval_json(self.output_dir(), stage, epoch)
         replay = evaluator.replay
         config = {
             "model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": epoch,
             "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility": replay.possibility,
         }
         evaluator.write_report(path, config)
-        self.last_eval = {"stage": stage, "path": str(path), **metrics}
         log.info("%s results: %s (%s)", stage, metrics, path)
 
     def validation_step(self, batch: RecordBatch, batch_idx: int) -> None:

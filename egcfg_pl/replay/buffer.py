@@ -23,8 +23,8 @@ TruncatedPolicy = Literal["skip", "no_eos"]
 
 
 def setting_path(name: str) -> str:
-    """Where a replay setting lives in YAML, for error messages (fit configs and experiment specs)."""
-    return f"data.replay.{name} (run.replay.{name} in an experiment config)"
+    """Where a replay setting lives in a fit config (an experiment's variants are fit configs too), for errors."""
+    return f"data.replay.{name}"
 
 
 @dataclass

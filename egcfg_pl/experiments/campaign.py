@@ -6,9 +6,10 @@ Layout of ``<output_dir>/<name>/``:
 
 - ``config.yaml``: the resolved spec (rerun it with ``--config``);
 - ``<step>.json``: written atomically when the step ends; a rerun skips steps whose JSON exists;
-- ``runs/<key>/``: one folder per distinct variant (its settings hash): ``record.json``, the held-out
-  evaluation JSON, the adapter, ``experiences.jsonl``, TensorBoard logs. A variant shared by two steps
-  (the ablation's ``power`` is step 2's run) runs once; an interrupted campaign reruns only unfinished ones;
+- ``runs/<key>/``: one folder per distinct variant (the hash of its fit config): ``fit_config.yaml`` (rerun it
+  alone with ``cli.py fit --config``), ``record.json``, ``eval/<held-out set>/`` evaluation JSON, the adapter,
+  ``experiences.jsonl``, TensorBoard logs. A variant shared by two steps (the ablation's ``power`` is step 2's
+  run) runs once; an interrupted campaign reruns only unfinished ones;
 - ``report.md`` and ``<step>_*.png``.
 
 ``--force`` redoes the chosen steps and their variants.
@@ -31,10 +32,10 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 from egcfg_pl.experiments.report import write_report
-from egcfg_pl.experiments.run import run_variant
 from egcfg_pl.experiments.spec import STEPS, ExperimentSpec
-from egcfg_pl.experiments.steps import Variant, assemble, variant_settings
-from egcfg_pl.lightning.cli import configure_logging
+from egcfg_pl.experiments.steps import UNTRAINED, VARIANTS, Variant, assemble
+from egcfg_pl.experiments.variant import fit_config, run_variant
+from egcfg_pl.lightning.cli import check_config, configure_logging
 from egcfg_pl.crash_safe import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,24 @@ class Campaign:
         spec = {k: v for k, v in jsonable(self.spec).items() if k not in ignored}
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
+    def config(self, variant: Variant) -> dict[str, Any]:
+        """The variant's fit config: the base files, the campaign's ``fit`` options, the variant's changes."""
+        return fit_config(self.spec.base, self.spec.fit, variant.changes)
+
     def key(self, variant: Variant) -> str:
-        settings = variant_settings(self.spec.run, variant)
-        identity = {"settings": jsonable(settings), "train": variant.train, "stop_if_empty": variant.stop_if_empty,
-                    "share_initial_samples": self.spec.share_initial_samples}
+        """The variant's folder: a hash of its complete fit config (defaults written out) and how it runs."""
+        resolved = check_config(self.config(variant), f"variant {variant.name}")
+        identity = {"config": resolved, "train": variant.train,
+                    "stop_if_empty": variant.stop_if_empty, "share_initial_samples": self.spec.share_initial_samples,
+                    "held_out": jsonable(self.spec.held_out)}
         return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+    def check(self) -> None:
+        """Build every variant's settings before the first one runs: a bad value (a grid α outside [0, 1], an
+        unknown strategy) fails now, with the fit option's name, not after hours of earlier variants."""
+        variants = [UNTRAINED] + [v for step in self.spec.steps for v in VARIANTS[step](self.spec)]
+        for variant in variants:
+            check_config(self.config(variant), f"variant {variant.name}")
 
     def variant(self, variant: Variant) -> dict[str, Any]:
         """The variant's record: from this session, from disk (unless ``force``), or by running it."""
@@ -91,9 +105,12 @@ class Campaign:
         else:
             log.info("variant %s: running in %s", variant.name, folder)
             shutil.rmtree(folder, ignore_errors=True)  # experiences.jsonl is appended to: start clean
-            settings = variant_settings(self.spec.run, variant)
+            config = self.config(variant)
+            folder.mkdir(parents=True)
+            atomic_write_text(folder / "fit_config.yaml", yaml.safe_dump(config, sort_keys=False))
             record = {"key": key, "first_name": variant.name, "folder": str(folder),
-                      **run_variant(settings, folder, variant.train, self.samples, variant.stop_if_empty)}
+                      **run_variant(config, folder, self.spec.held_out, variant.train, self.samples,
+                                    variant.stop_if_empty)}
             write_json(path, record)
         self.done[key] = record
         return record
@@ -109,7 +126,7 @@ class Campaign:
         start = time.perf_counter()
         result = assemble(step, self.spec, self.variant)
         result["seconds"] = time.perf_counter() - start
-        result["base_run"] = self.spec.run
+        result["base"] = {"files": self.spec.base, "fit": self.spec.fit}
         result["spec_hash"] = self.spec_hash()
         write_json(path, result)
         log.info("step %s: written %s (%.0f s)", step, path, result["seconds"])
@@ -117,6 +134,7 @@ class Campaign:
 
     def run(self) -> Path:
         """The chosen steps, then the report over every finished step of this campaign folder."""
+        self.check()
         results = {step: self.step(step) for step in self.spec.steps}
         for step in STEPS:
             path = self.root / f"{step}.json"
@@ -125,17 +143,27 @@ class Campaign:
         return write_report(self.root, {s: results[s] for s in STEPS if s in results}, self.header())
 
     def header(self) -> list[str]:
-        run = self.spec.run
-        source = run.sampling
+        """The base the variants share, in the words of its fit config (``runs/<key>/fit_config.yaml`` has all)."""
+        config = self.config(UNTRAINED)
+        get = lambda path: _get(config, path)  # noqa: E731
         return [
-            f"- target model: `{run.model.name}` (dtype {run.model.dtype}, precision {run.precision}), LoRA r={run.lora.r}",
-            f"- training problems: {run.train.dataset}/{run.train.split} limit {run.train.limit}; held out: "
-            f"{run.held_out.dataset}/{run.held_out.split} offset {run.held_out.offset} limit {run.held_out.limit}",
-            f"- refresh sampling: {source.strategy}, {source.num_return_sequences} candidates/problem, "
-            f"max {source.max_new_tokens} new tokens; held-out: {run.evaluation.strategy}",
-            f"- {run.max_epochs} BTP iteration(s), {run.samples_per_epoch} replay draws each "
-            f"(batch {run.batch_size}), seed {run.seed}",
+            f"- fit config: {', '.join(self.spec.base) or '(embedded)'}"
+            + (f" with {len(self.spec.fit)} campaign option(s)" if self.spec.fit else ""),
+            f"- target model: `{get('model.model.name')}`, precision {get('trainer.precision')}, "
+            f"LoRA {get('model.lora')}",
+            f"- training problems: {get('data.train')}; held out: "
+            f"{jsonable(self.spec.held_out) or get('data.held_out')}",
+            f"- refresh sampling: {get('refresh.generation') or 'defaults (beam 5)'}; "
+            f"held-out: {get('model.evaluation') or 'greedy'}",
+            f"- {get('trainer.max_epochs')} BTP iteration(s), {get('data.samples_per_epoch')} replay draws each "
+            f"(batch {get('data.batch_size')}), seed {get('seed_everything')}",
         ]
+
+
+def _get(config: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
 
 
 def build_parser() -> ArgumentParser:
