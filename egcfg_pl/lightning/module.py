@@ -300,11 +300,12 @@ class BTPModule(L.LightningModule):
             return  # btp_only / nothing trained, or validation disabled (limit_val_batches: 0)
         if self.global_step == self._fit_start_step or self._validated_step == self.global_step:
             return  # no step taken in this fit, or the final weights were validated already
-        problems = getattr(trainer.datamodule, "held_out_problems", None)
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None  # its public hook
+        problems = [p for batch in loader for p in batch.items] if loader is not None else []
         if not problems:
             rank_zero_warn(
                 f"the fine-tuned weights were not validated (trainer.max_epochs {trainer.max_epochs}, "
-                f"trainer.check_val_every_n_epoch {trainer.check_val_every_n_epoch}) and there is no BTPDataModule "
+                f"trainer.check_val_every_n_epoch {trainer.check_val_every_n_epoch}) and there is no datamodule "
                 "with held-out problems to evaluate them; run `python cli.py test --config ... --ckpt_path last`"
             )
             return
@@ -313,7 +314,7 @@ class BTPModule(L.LightningModule):
             "validating the final weights of epoch %d (trainer.check_val_every_n_epoch %s skipped them)",
             epoch, trainer.check_val_every_n_epoch,
         )
-        self._validate_final_weights(problems, trainer.datamodule.hparams.eval_batch_size, epoch)
+        self._validate_final_weights(problems, loader.batch_size, epoch)
 
     def _validate_final_weights(self, problems: list[Any], batch_size: int, epoch: int) -> None:
         """A validation pass run directly (Lightning's loop cannot run from ``on_train_end``): this rank's
