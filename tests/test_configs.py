@@ -112,7 +112,8 @@ def test_config_parses(config, monkeypatch):
     assert isinstance(module, BTPModule) and isinstance(data, BTPDataModule)
     assert isinstance(module.spec, ModelSpec) and isinstance(module.generation, GenerationSettings)
     assert isinstance(data.held_out_set, ProblemSet) and isinstance(data.buffer.settings, ReplaySettings)
-    assert module.scoring == data.buffer.settings  # linked: held-out P2Value is scored as the buffer scores
+    assert module.scoring == data.buffer.settings
+    assert module.sandbox == built["refresh"].sandbox  # linked: held-out P2Value is scored as the buffer scores
     mode = raw["model"].get("mode", "finetune")
     assert module.hparams.mode == mode
     lora = raw["model"].get("lora", {})
@@ -129,6 +130,8 @@ def test_config_parses(config, monkeypatch):
     parts = data_parts(data)
     for key, value in raw.get("data", {}).items():
         assert_holds(parts[key] if key in parts else data.hparams[key], value, f"{config.name}: data.{key}")
+    if "sandbox" in raw:
+        assert_holds(module.sandbox, raw["sandbox"], f"{config.name}: sandbox")
     if "refresh" in raw:
         assert isinstance(built["refresh"], ReplayRefresh)
         assert_holds(built["refresh"], raw["refresh"], f"{config.name}: refresh")
@@ -144,11 +147,12 @@ def test_refresh_is_overridable_on_the_command_line(config):
     from egcfg_pl.lightning.datamodule import BTPDataModule
     from egcfg_pl.lightning.module import BTPModule
 
-    args = [*config_args(config), "--refresh.problems_per_refresh", "2", "--refresh.sandbox.timeout", "1.5"]
+    args = [*config_args(config), "--refresh.problems_per_refresh", "2", "--sandbox.timeout", "1.5"]
     cli = ParseOnlyCLI(BTPModule, BTPDataModule, args=args, run=False, auto_configure_optimizers=False)
     refresh = cli.parser.instantiate(cli.config)["refresh"]
     assert isinstance(refresh, ReplayRefresh)
-    assert refresh.problems_per_refresh == 2 and refresh.sandbox.timeout == 1.5
+    assert refresh.problems_per_refresh == 2 and refresh.sandbox.timeout == 1.5  # one sandbox for both users
+    assert cli.parser.instantiate(cli.config)["model"].sandbox == refresh.sandbox
     assert "refresh" in cli.parser.callback_keys  # so LightningCLI hands it to the Trainer
 
 

@@ -45,7 +45,6 @@ def tiny_spec(root: Path, target: Path, source: Path) -> dict:
                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                 "evaluation": {"strategy": "greedy", "num_beams": 1, "num_return_sequences": 1, "max_new_tokens": 12,
                                "progress": False},
-                "sandbox": sandbox,
                 "learning_rate": 1e-2,
             },
             "data": {
@@ -60,8 +59,8 @@ def tiny_spec(root: Path, target: Path, source: Path) -> dict:
             "refresh": {
                 "generation": {"strategy": "beam", "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 12,
                                "progress": False},
-                "sandbox": sandbox,
             },
+            "sandbox": sandbox,
         },
         "held_out": {"mbpp_test": test, "mbpp_test_offset": {**test, "offset": 2}},
         "strategies": STRATEGIES,

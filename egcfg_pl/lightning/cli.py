@@ -25,6 +25,7 @@ from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
 from egcfg_pl.lightning.refresh import ReplayRefresh
 from egcfg_pl.lightning.run_folder import apply_to_cli_config
+from egcfg_pl.sandbox import SandboxConfig
 from egcfg_pl.user_errors import UsageError, explain_parse_error
 
 PRINT_CONFIG = "--print_config"
@@ -35,6 +36,10 @@ class BTPCLI(LightningCLI):
         parser.add_argument("--log_level", default="INFO", help="Python logging level (DEBUG also shows tracebacks)")
         parser.add_lightning_class_args(ReplayRefresh, "refresh")
         parser.link_arguments("data.replay", "model.scoring")  # held-out P2Value is scored as the buffer scores
+        parser.add_argument("--sandbox", type=SandboxConfig, default=SandboxConfig(),
+                            help="executor of every test run: the refresh's candidates and the held-out answers")
+        parser.link_arguments("sandbox", "model.sandbox")  # one setting, two users: they cannot drift apart
+        parser.link_arguments("sandbox", "refresh.sandbox")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
