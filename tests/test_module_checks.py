@@ -36,7 +36,7 @@ from test_metrics_report import ADD, CANDIDATES, SQ, InProcessExecutor
 @pytest.mark.parametrize("alpha,form", [(0.0, "normalized"), (1.0, "raw")])
 def test_held_out_p2value_uses_replay_alpha_and_possibility(tmp_path, tiny_model_dir, alpha, form):
     module = tiny_module(tiny_model_dir, results_dir=str(tmp_path / "eval"),
-                         scoring=ReplaySettings(p2value_alpha=alpha, possibility=form))
+                         scoring=ReplaySettings(p2value_alpha=alpha, possibility_form=form))
     dm = BTPDataModule(held_out=ProblemSet(dataset="mbpp", split="test", path=str(SHARED_MBPP), limit=2))
     tiny_trainer(tmp_path, 1, []).test(module, dm, verbose=False)
     report = json.loads(latest_eval_json(tmp_path / "eval", "test").read_text())  # the results come back as a file
@@ -50,7 +50,7 @@ def test_held_out_p2value_uses_replay_alpha_and_possibility(tmp_path, tiny_model
         for c in candidates:
             assert c["possibility"] == pytest.approx(math.exp(c["logprob"]))
         assert got["possibility_mean"] == pytest.approx(sum(math.exp(c["logprob"]) for c in candidates) / len(candidates))
-    assert report["config"]["p2value_alpha"] == alpha and report["config"]["possibility"] == form
+    assert report["config"]["p2value_alpha"] == alpha and report["config"]["possibility_form"] == form
 
 
 # -- 2. every dataclass in the saved hyper-parameters is allow-listed -----------------------------------

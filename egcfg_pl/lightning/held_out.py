@@ -55,7 +55,7 @@ class HeldOutEvaluator:
     """One per stage (val / test): owns an executor and a scorer; fed one batch of problems at a time.
 
     P2Value and possibility are scored like the replay buffer's (``data.replay.p2value_alpha`` and
-    ``data.replay.possibility``), so held-out P2Value statistics follow the configured variant.
+    ``data.replay.possibility_form``), so held-out P2Value statistics follow the configured variant.
     """
 
     def __init__(
@@ -70,7 +70,7 @@ class HeldOutEvaluator:
         self.replay = replay or ReplaySettings()
         self.executor = executor if executor is not None else Executor(sandbox)
         self.scorer = CandidateScorer(
-            self.executor, ks, p2value_alpha=self.replay.p2value_alpha, possibility_form=self.replay.possibility
+            self.executor, ks, p2value_alpha=self.replay.p2value_alpha, possibility_form=self.replay.possibility_form
         )
         self._deduplicated = False
 

@@ -275,7 +275,7 @@ class BTPModule(L.LightningModule):
         replay = evaluator.replay
         config = {
             "model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": epoch,
-            "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility": replay.possibility,
+            "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility_form": replay.possibility_form,
         }
         evaluator.write_report(path, config)
         log.info("%s results: %s (%s)", stage, metrics, path)
