@@ -86,7 +86,7 @@ def assert_holds(obj: Any, expected: Any, where: str) -> None:
 
 def module_parts(module) -> dict[str, Any]:
     """Where the module keeps each ``model:`` section of the YAML."""
-    return {"model": module.spec, "lora": module.lora, "evaluation": module.generation, "sandbox": module.sandbox,
+    return {"model": module.spec, "lora": module.lora, "evaluation": module.evaluation, "sandbox": module.sandbox,
             "pass_k": module.pass_k, "api": module.api, "template": module.template}
 
 
@@ -110,7 +110,7 @@ def test_config_parses(config, monkeypatch):
     built = cli.parser.instantiate(cli.config)  # model, data and callbacks; the Trainer (GPU strategies) is not built
     module, data = built["model"], built["data"]
     assert isinstance(module, BTPModule) and isinstance(data, BTPDataModule)
-    assert isinstance(module.spec, ModelSpec) and isinstance(module.generation, GenerationSettings)
+    assert isinstance(module.spec, ModelSpec) and isinstance(module.evaluation, GenerationSettings)
     assert isinstance(data.held_out_set, ProblemSet) and isinstance(data.buffer.settings, ReplaySettings)
     assert module.scoring == data.buffer.settings
     assert module.sandbox == built["refresh"].sandbox  # linked: held-out P2Value is scored as the buffer scores

@@ -86,7 +86,7 @@ class BTPModule(L.LightningModule):
         self._api_sampler: Any = None
         self.lora = None if mode == "btp_only" else lora
         self.template = template or PromptTemplate()
-        self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
+        self.evaluation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
         self.sandbox = sandbox or SandboxConfig()
         self.pass_k = pass_k or [1]
         self.scoring = scoring or ReplaySettings()
@@ -103,10 +103,10 @@ class BTPModule(L.LightningModule):
         if self.api is not None:
             per_problem, source, fix = self.api.n, f"model.api.n = {self.api.n}", "raise model.api.n"
         else:
-            per_problem = self.generation.candidates_per_problem
+            per_problem = self.evaluation.candidates_per_problem
             source = (
-                f"model.evaluation: strategy {self.generation.strategy}, "
-                f"num_return_sequences {self.generation.num_return_sequences}"
+                f"model.evaluation: strategy {self.evaluation.strategy}, "
+                f"num_return_sequences {self.evaluation.num_return_sequences}"
             )
             fix = "raise model.evaluation.num_return_sequences (with strategy sample or beam)"
         bad = [k for k in self.pass_k if k < 1]
@@ -119,7 +119,7 @@ class BTPModule(L.LightningModule):
                 f"{fix} or lower k in model.pass_k"
             )
         if self.api is None:
-            refuse_dependent_pass_k(self.pass_k, self.generation.strategy, "model.pass_k", "model.evaluation.strategy")
+            refuse_dependent_pass_k(self.pass_k, self.evaluation.strategy, "model.pass_k", "model.evaluation.strategy")
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -258,7 +258,7 @@ class BTPModule(L.LightningModule):
         return self.evaluators[stage]
 
     def _eval_step(self, stage: str, batch: RecordBatch) -> None:
-        self._evaluator(stage).step(self.sampler(self.generation), batch.items)
+        self._evaluator(stage).step(self.sampler(self.evaluation), batch.items)
 
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self._evaluator(stage)
