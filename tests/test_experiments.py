@@ -283,6 +283,13 @@ def test_spec_errors_name_the_field():
         ExperimentSpec(steps=[])
 
 
+def test_a_campaign_file_with_the_old_run_section_says_how_to_move_it(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("name: old\nrun: {max_epochs: 2, replay: {strategy: rank}}\n")
+    with pytest.raises(UsageError, match=r"run: section is gone.*base:.*fit:"):
+        parse_spec(["--config", str(old)])
+
+
 def test_layer_merges_mappings_and_dotted_keys_and_replaces_lists():
     base = {"trainer": {"max_epochs": 1, "callbacks": [{"class_path": "A"}]}, "data": {"replay": {"strategy": "power"}}}
     out = layer(base, {"trainer": {"callbacks": []}, "data.replay.sampling_alpha": 2.0, "data": {"batch_size": 2}})

@@ -17,11 +17,13 @@ Layout of ``<output_dir>/<name>/``:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from egcfg_pl.experiments.spec import STEPS, ExperimentSpec
 from egcfg_pl.experiments.steps import UNTRAINED, VARIANTS, Variant, assemble
 from egcfg_pl.experiments.variant import fit_config, run_variant
 from egcfg_pl.lightning.cli import check_config, configure_logging
+from egcfg_pl.user_errors import UsageError, explain_parse_error
 from egcfg_pl.crash_safe import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -168,7 +171,7 @@ def _get(config: dict[str, Any], path: str) -> Any:
 
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="cli.py experiment", description=__doc__, default_env=False)
+    parser = ArgumentParser(prog="cli.py experiment", description=__doc__, default_env=False, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with the ExperimentSpec fields")
     parser.add_class_arguments(ExperimentSpec)
     parser.add_argument("--force", action="store_true", help="redo the chosen steps even if their JSON exists")
@@ -178,7 +181,14 @@ def build_parser() -> ArgumentParser:
 
 def parse_spec(argv: list[str] | None = None) -> tuple[ExperimentSpec, Any, ArgumentParser]:
     parser = build_parser()
-    cfg = parser.parse_args(argv)
+    try:
+        cfg = parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        if re.search(r"'run\.", str(error)):  # a campaign file from before the one schema
+            raise UsageError("the campaign's run: section is gone: a variant is a fit config now; name the base fit "
+                             "config (base: [configs/base_cpu.yaml]) and put changed options under fit: (nested or "
+                             "dotted, e.g. data.train.limit: 16), as configs/experiments_cpu.yaml does") from error
+        raise UsageError(explain_parse_error(str(error))) from error
     init = parser.instantiate(cfg)
     fields = {f.name: getattr(init, f.name) for f in dataclasses.fields(ExperimentSpec)}
     return ExperimentSpec(**fields), cfg, parser
