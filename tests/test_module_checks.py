@@ -171,7 +171,6 @@ def lora_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _test_with(module: BTPModule, tmp_path: Path, ckpt: Path) -> None:
-    module.hparams.results_dir = str(tmp_path / "eval")
     dm = tiny_datamodule(held_out=1)
     tiny_trainer(tmp_path, 1, []).test(module, dm, ckpt_path=str(ckpt), verbose=False)
 
