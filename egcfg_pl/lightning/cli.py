@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -51,6 +52,7 @@ class BTPCLI(LightningCLI):
         """Parse; with ``--print_config``, validate by building the settings first (cheap: no model is loaded).
 
         Unlike Lightning's own, this emits no "args ... not recommended" warning: ``cli.py`` passes ``sys.argv``."""
+        refuse_linked_keys(args)
         if isinstance(args, list) and any(a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "=") for a in args):
             plain = [a for a in args if not (a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "="))]
             _instantiate(parser, _parse(parser, plain))  # raises the settings' own ValueError
@@ -65,6 +67,31 @@ def refuse_refresh_in_callbacks(config: Any) -> None:
         if class_path.rsplit(".", 1)[-1] == ReplayRefresh.__name__:
             raise UsageError("trainer.callbacks: ReplayRefresh is now the top-level `refresh:` section; move its "
                              "init_args there (refresh: {problems_per_refresh: ..., generation: ...})")
+
+
+LINKED = {"model.sandbox": "sandbox", "refresh.sandbox": "sandbox", "model.scoring": "data.replay"}
+"""Keys the parser fills from another one (``link_arguments``); jsonargparse would let the source overwrite a
+value a YAML gives them without a word."""
+
+
+def refuse_linked_keys(args: Any) -> None:
+    """A config (a mapping, or the ``--config`` files of a command line) that sets a linked key is refused, naming
+    the one setting to use instead (YAMLs from before ``sandbox:`` set ``model.sandbox`` / ``refresh.sandbox``)."""
+    if isinstance(args, dict):
+        configs = [("the config", args)]
+    else:
+        args = list(args or [])
+        paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+        paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+        configs = [(path, yaml.safe_load(Path(path).read_text(encoding="utf-8"))) for path in paths if Path(path).is_file()]
+    for where, config in configs:
+        for key, source in LINKED.items():
+            node: Any = config
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                raise UsageError(f"{where}: {key} is set from {source} (one setting for every user of it); "
+                                 f"move the value to {source}")
 
 
 def _instantiate(parser: Any, config: Any) -> Any:
