@@ -26,6 +26,7 @@ import math
 import re
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -146,27 +147,31 @@ class Campaign:
         return write_report(self.root, {s: results[s] for s in STEPS if s in results}, self.header())
 
     def header(self) -> list[str]:
-        """The base the variants share, in the words of its fit config (``runs/<key>/fit_config.yaml`` has all)."""
-        config = self.config(UNTRAINED)
-        get = lambda path: _get(config, path)  # noqa: E731
+        """The base the variants share, in the words of its complete fit config (``runs/<key>/fit_config.yaml``)."""
+        c = check_config(self.config(Variant("btp")), "the base")
+        model, data, refresh = c["model"], c["data"], c["refresh"]
+        held_out = {name: asdict(p) for name, p in self.spec.held_out.items()} or {"held_out": data["held_out"]}
+        sets = "; ".join(f"{name} {problems(p)}" for name, p in held_out.items())
+        lora = model["lora"] or {}
         return [
             f"- fit config: {', '.join(self.spec.base) or '(embedded)'}"
-            + (f" with {len(self.spec.fit)} campaign option(s)" if self.spec.fit else ""),
-            f"- target model: `{get('model.model.name')}`, precision {get('trainer.precision')}, "
-            f"LoRA {get('model.lora')}",
-            f"- training problems: {get('data.train')}; held out: "
-            f"{jsonable(self.spec.held_out) or get('data.held_out')}",
-            f"- refresh sampling: {get('refresh.generation') or 'defaults (beam 5)'}; "
-            f"held-out: {get('model.evaluation') or 'greedy'}",
-            f"- {get('trainer.max_epochs')} BTP iteration(s), {get('data.samples_per_epoch')} replay draws each "
-            f"(batch {get('data.batch_size')}), seed {get('seed_everything')}",
+            + (f", with the campaign's fit options {list(self.spec.fit)}" if self.spec.fit else ""),
+            f"- target model: `{model['model']['name']}`, precision {c['trainer']['precision']}, "
+            f"LoRA r={lora.get('r')}, learning rate {model['learning_rate']}",
+            f"- training problems: {problems(data['train'])}; held out: {sets}",
+            f"- refresh sampling: {generation(refresh['generation'])}, problems per refresh "
+            f"{refresh['problems_per_refresh'] or 'all'}; held-out: {generation(model['evaluation'])}",
+            f"- {c['trainer']['max_epochs']} BTP iteration(s), {data['samples_per_epoch']} replay draws each "
+            f"(batch {data['batch_size']}), seed {c['seed_everything']}",
         ]
 
 
-def _get(config: dict[str, Any], path: str) -> Any:
-    for key in path.split("."):
-        config = config.get(key) if isinstance(config, dict) else None
-    return config
+def problems(p: dict[str, Any]) -> str:
+    return f"{p['dataset']}/{p['split']} offset {p['offset']} limit {p['limit']}"
+
+
+def generation(g: dict[str, Any]) -> str:
+    return f"{g['strategy']} ({g['num_return_sequences']} per problem, max {g['max_new_tokens']} new tokens)"
 
 
 def build_parser() -> ArgumentParser:
