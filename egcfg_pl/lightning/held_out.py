@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import lightning as L
+import torch
 
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.gather import distributed, gather_objects
