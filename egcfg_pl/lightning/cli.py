@@ -83,7 +83,7 @@ def refuse_linked_keys(args: Any) -> None:
         args = list(args or [])
         paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
         paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-        configs = [(path, yaml.safe_load(Path(path).read_text(encoding="utf-8"))) for path in paths if Path(path).is_file()]
+        configs = [(path, yaml.safe_load(Path(path).read_text(encoding="utf-8"))) for path in paths if _is_file(path)]
     for where, config in configs:
         for key, source in LINKED.items():
             node: Any = config
@@ -92,6 +92,13 @@ def refuse_linked_keys(args: Any) -> None:
             if node is not None:
                 raise UsageError(f"{where}: {key} is set from {source} (one setting for every user of it); "
                                  f"move the value to {source}")
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:  # --config may also be the YAML text itself (jsonargparse accepts that)
+        return False
 
 
 def _instantiate(parser: Any, config: Any) -> Any:
