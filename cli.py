@@ -18,7 +18,7 @@ import sys
 COMMANDS = {
     "demo": "egcfg_pl.experiments.demo",
     "evaluate": "egcfg_pl.evaluate",
-    "experiment": "egcfg_pl.experiments.runner",
+    "experiment": "egcfg_pl.experiments.campaign",
 }
 EXTRA_HELP = """egcfg_pl commands (add --help after one for its options):
   fit | validate | test | predict   LightningCLI with BTPModule + BTPDataModule (--config configs/X.yaml)

@@ -20,7 +20,7 @@ from egcfg_pl.sandbox import SandboxConfig
 SHARED_MBPP = Path(os.environ.get("EGCFG_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data") / "mbpp.jsonl"
 
 
-def tiny_module(model_dir: Path, mode: str = "finetune") -> BTPModule:
+def tiny_module(model_dir: Path, mode: str = "finetune", **kwargs) -> BTPModule:
     return BTPModule(
         model=ModelSpec(name=str(model_dir), dtype="float32", device="cpu"),
         lora=LoraSettings(r=4, alpha=8, dropout=0.0),
@@ -28,6 +28,7 @@ def tiny_module(model_dir: Path, mode: str = "finetune") -> BTPModule:
         evaluation=GenerationSettings(strategy="greedy", num_beams=1, num_return_sequences=1, max_new_tokens=12, progress=False),
         sandbox=SandboxConfig(timeout=2.0, workers=2),
         learning_rate=1e-2,
+        **kwargs,
     )
 
 

@@ -57,6 +57,9 @@ def main() -> None:
     trained: list = []
     record_replay(dm, draws, trained)
     steps = CountSteps()
+    val: dict = {}  # this rank's validation metrics (every rank computes them; rank 0 writes the JSON)
+    write = module._write_eval
+    module._write_eval = lambda stage, epoch, metrics: (val.update(metrics), write(stage, epoch, metrics))
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy=os.environ.get("DDP_STRATEGY", "ddp"), max_epochs=2, default_root_dir=str(out),
         callbacks=[refresh_callback(), steps], enable_progress_bar=False, enable_model_summary=False,
@@ -66,7 +69,7 @@ def main() -> None:
     state = dm.buffer.state_dict()
     record = {
         "experiences": state["experiences"], "rng": str(state["rng"]), "global_step": trainer.global_step,
-        "world_size": trainer.world_size, "val": module.last_eval, "draws": draws, "trained": trained,
+        "world_size": trainer.world_size, "val": {**val, "path": str(out / "eval_val_epoch1.json")}, "draws": draws, "trained": trained,
         "batch_size": dm.hparams.batch_size, "batches_trained": steps.batches,
         "lora_sum": float(sum(p.detach().double().sum() for n, p in module.named_parameters() if p.requires_grad)),
     }

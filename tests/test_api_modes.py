@@ -8,6 +8,8 @@ from btp_helpers import tiny_trainer
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.module import BTPModule
 from egcfg_pl.lightning.refresh import ReplayRefresh
+from egcfg_pl.lightning.run_folder import latest_eval_json
+from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.problems import ProblemSet
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sampling.api import ApiSettings
@@ -38,7 +40,8 @@ def test_openai_mode_fills_the_buffer_and_scores_the_api_on_held_out(tmp_path):
     # choice 0 passes both tests, choice 1 only the first: the partial pass rate is kept
     assert sorted(e.pass_rate for e in dm.buffer.experiences) == [0.5] * 3 + [1.0] * 3
     assert all(e.possibility is not None and 0 < e.possibility <= 1 for e in dm.buffer.experiences)
-    assert module.last_eval["pass@1"] == pytest.approx(0.5) and module.last_eval["pass@2"] == pytest.approx(1.0)
+    metrics = EvalReport.from_json(latest_eval_json(tmp_path, "val")).metrics  # the results come back as a file
+    assert metrics["pass@1"] == pytest.approx(0.5) and metrics["pass@2"] == pytest.approx(1.0)
 
 
 def test_api_model_needs_btp_only():

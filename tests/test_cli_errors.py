@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HUMANEVAL_EVAL = ["test", "--config", str(ROOT / "configs/eval_humaneval_smollm2.yaml")]
-DEMO_FIT = ["fit", "--config", str(ROOT / "configs/demo_cpu.yaml")]
+DEMO_FIT = ["fit", "--config", str(ROOT / "configs/base_cpu.yaml"), "--config", str(ROOT / "configs/demo_cpu.yaml")]
 MBPP_ROW = {"text": "Add.", "code": "def add(a, b):\n    return a + b", "task_id": 11, "test_setup_code": "",
             "test_list": ["assert add(1, 2) == 3"], "challenge_test_list": []}
 
@@ -150,7 +150,8 @@ def test_empty_local_model_folder_says_it_holds_no_model(run_cli, tmp_path):
 
 def api_fit(tmp_path, *api: str) -> list[str]:
     """The openai-mode config on one HumanEval problem (no MBPP needed), with API overrides."""
-    return ["fit", "--config", str(ROOT / "configs/openai_btp.yaml"), f"--trainer.default_root_dir={tmp_path}",
+    return ["fit", "--config", str(ROOT / "configs/base_cpu.yaml"), "--config", str(ROOT / "configs/openai_btp.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
             "--data.train.dataset", "humaneval", "--data.train.split", "test", "--data.train.limit", "1",
             "--data.held_out.dataset", "humaneval", "--data.held_out.limit", "1", "--data.allow_overlap", "true",
             "--data.drop_overlapping_train", "false", "--model.pass_k", "[1]", "--model.api.cache_dir", "null", *api]
@@ -221,3 +222,12 @@ def test_command_typo_and_missing_config_file(run_cli, tmp_path):
     assert status == 2 and "unknown command 'fitt' (did you mean 'fit'?)" in error_line(err) and "demo" in err
     status, err = run_cli(["fit", "--config", str(tmp_path / "nope.yaml")])
     assert status == 2 and error_line(err).startswith("error: --config: File does not exist")
+
+
+@pytest.mark.parametrize("section", ["refresh", "model"])
+def test_a_sandbox_left_under_model_or_refresh_says_to_move_it(run_cli, tmp_path, section):
+    """One ``sandbox:`` feeds the refresh and the held-out tests; the linked copies would be overwritten silently."""
+    old = tmp_path / "old.yaml"
+    old.write_text(f"{section}:\n  sandbox: {{timeout: 9.0}}\n")
+    status, err = run_cli([*DEMO_FIT, "--config", str(old), f"--trainer.default_root_dir={tmp_path}"])
+    assert status == 2 and f"{section}.sandbox is set from sandbox" in error_line(err)

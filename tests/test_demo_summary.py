@@ -32,7 +32,7 @@ def test_each_evaluation_is_summarised_before_the_next_one_overwrites_its_file(m
     path = tmp_path / "eval_test_epoch0.json"
     monkeypatch.setattr(demo, "summarize_eval", lambda p: {"read": Path(p).read_text()})
     path.write_text("humaneval")
-    first = demo.with_summary({"path": str(path)})
+    first = demo.with_summary(path)
     path.write_text("mbpp")
     assert first["summary"] == {"read": "humaneval"}
 

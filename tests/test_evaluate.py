@@ -255,11 +255,11 @@ def test_cli_main_returns_status_and_ignores_non_int_results(monkeypatch):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     import egcfg_pl.evaluate
-    import egcfg_pl.experiments.runner
+    import egcfg_pl.experiments.campaign
 
     monkeypatch.setattr(egcfg_pl.evaluate, "main", lambda argv: 2)
     assert cli.main(["evaluate", "--x"]) == 2
-    monkeypatch.setattr(egcfg_pl.experiments.runner, "main", lambda argv: Path("results/report.md"))
+    monkeypatch.setattr(egcfg_pl.experiments.campaign, "main", lambda argv: Path("results/report.md"))
     assert cli.main(["experiment"]) == 0  # a Path is the runner's report, not an exit status
 
 

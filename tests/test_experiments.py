@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egcfg_pl.experiments.runner import main, parse_spec
-from egcfg_pl.experiments.run import build_data
-from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid, RunSettings
+from egcfg_pl.experiments.campaign import Campaign, main, parse_spec
+from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid
 from egcfg_pl.experiments.stats import bootstrap_ci, paired_delta, wilson_interval
-from egcfg_pl.experiments.steps import Variant, apply_changes, variant_settings
+from egcfg_pl.experiments.steps import UNTRAINED, Variant
+from egcfg_pl.experiments.variant import fit_config, layer
+from egcfg_pl.metrics.report import EvalReport
+from egcfg_pl.user_errors import UsageError
 from egcfg_pl.replay import sampling_probabilities
 from egcfg_pl.replay.experience import experience_from_dict
 
@@ -25,30 +27,42 @@ STRATEGIES = ["power", "rank", "uniform", "pass_rate", "possibility"]
 
 
 def tiny_spec(root: Path, target: Path, source: Path) -> dict:
-    """A whole campaign on tiny models: 2 training and 2 held-out MBPP problems, 12 new tokens, 1 iteration."""
+    """A whole campaign on tiny models: 2 training and 2 held-out MBPP problems, 12 new tokens, 1 iteration; the
+    fit config is embedded (``fit:``), and a second held-out set is named (the first 2 test problems again, later)."""
     def model(path: Path) -> dict:
         return {"name": str(path), "dtype": "float32", "device": "cpu"}
 
     sandbox = {"timeout": 2.0, "workers": 2}
+    test = {"dataset": "mbpp", "split": "test", "path": str(SHARED_MBPP), "limit": 2}
     return {
         "name": "tiny",
         "output_dir": str(root),
-        "run": {
-            "model": model(target),
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "train": {"dataset": "mbpp", "split": "train", "path": str(SHARED_MBPP), "limit": 2},
-            "held_out": {"dataset": "mbpp", "split": "test", "path": str(SHARED_MBPP), "limit": 2},
-            "sampling": {"strategy": "beam", "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 12, "progress": False},
-            "evaluation": {"strategy": "greedy", "num_beams": 1, "num_return_sequences": 1, "max_new_tokens": 12, "progress": False},
+        "fit": {
+            "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False,
+                        "enable_model_summary": False, "num_sanity_val_steps": 0},
+            "model": {
+                "model": model(target),
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                "evaluation": {"strategy": "greedy", "num_beams": 1, "num_return_sequences": 1, "max_new_tokens": 12,
+                               "progress": False},
+                "learning_rate": 1e-2,
+            },
+            "data": {
+                "train": {"dataset": "mbpp", "split": "train", "path": str(SHARED_MBPP), "limit": 2},
+                "held_out": test,
+                "drop_overlapping_train": True,
+                "replay": {"truncated": "no_eos"},  # a random tiny model never ends within 12 tokens
+                "samples_per_epoch": 4,
+                "batch_size": 2,
+                "max_length": 256,
+            },
+            "refresh": {
+                "generation": {"strategy": "beam", "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 12,
+                               "progress": False},
+            },
             "sandbox": sandbox,
-            "replay": {"truncated": "no_eos"},  # a random tiny model never ends within 12 tokens
-            "max_epochs": 1,
-            "samples_per_epoch": 4,
-            "batch_size": 2,
-            "max_length": 256,
-            "learning_rate": 1e-2,
-            "accelerator": "cpu",
         },
+        "held_out": {"mbpp_test": test, "mbpp_test_offset": {**test, "offset": 2}},
         "strategies": STRATEGIES,
         "grid": {"p2value_alpha": [0.0, 1.0], "sampling_alpha": [1.0]},
         "big_to_small_source": model(source),
@@ -103,7 +117,23 @@ def test_every_step_writes_json_report_and_plots(campaign):
     tests = [v["vs_untrained"]["delta"]["pass@1"]["test"] for v in ablation]
     assert all(t["holm_family"] == len(ablation) and t["p_holm"] >= t["p_value"] for t in tests)
     saved, _, _ = parse_spec(["--config", str(folder / "config.yaml")])  # the resolved spec reruns as is
-    assert saved.run == parse_spec(["--config", str(campaign[1])])[0].run
+    given = parse_spec(["--config", str(campaign[1])])[0]
+    assert (saved.fit, saved.held_out) == (given.fit, given.held_out)
+
+
+def test_every_variant_is_tested_on_every_named_held_out_set(campaign):
+    """One evaluation JSON per named set (issue 15: a campaign reports MBPP test and HumanEval); the first set is
+    the one the steps compare, and each variant folder holds the fit config it ran (``cli.py fit --config``)."""
+    folder, _ = campaign
+    result = load(folder, "step3_ablation")
+    for entry in [result["untrained"], *result["variants"]]:
+        sets = entry["evaluations"]
+        assert list(sets) == ["mbpp_test", "mbpp_test_offset"]
+        first, second = (EvalReport.from_json(sets[name]["eval_json"]) for name in sets)
+        assert entry["held_out"]["eval_json"] == sets["mbpp_test"]["eval_json"]
+        assert len(first.problems) == len(second.problems) == 2
+        assert not {p.problem_id for p in first.problems} & {p.problem_id for p in second.problems}
+        assert Path(entry["folder"], "fit_config.yaml").is_file()
 
 
 def test_ablation_has_one_evaluated_fine_tuned_variant_per_strategy(campaign):
@@ -196,7 +226,7 @@ def test_rerun_skips_finished_steps_and_force_redoes_one(campaign, monkeypatch):
     def no_runs(*args, **kwargs):
         raise AssertionError("a finished step ran again")
 
-    monkeypatch.setattr("egcfg_pl.experiments.runner.run_variant", no_runs)
+    monkeypatch.setattr("egcfg_pl.experiments.campaign.run_variant", no_runs)
     main(["--config", str(config), "--log_level", "WARNING"])
     assert stamps == {s: (folder / f"{s}.json").stat().st_mtime_ns for s in STEPS}
     assert (folder / "report.md").is_file()
@@ -209,32 +239,63 @@ def test_rerun_skips_finished_steps_and_force_redoes_one(campaign, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["experiments_cpu.yaml", "experiments_gpu.yaml"])
-def test_shipped_configs_load(name):
+def test_shipped_campaigns_build_every_variant(name, monkeypatch):
+    """Each variant of the shipped campaigns is a fit config the LightningCLI parser accepts and builds."""
+    monkeypatch.chdir(ROOT)  # base: paths are relative to the working directory, as for cli.py fit --config
     spec, _, _ = parse_spec(["--config", str(ROOT / "configs" / name)])
-    assert spec.steps == list(STEPS) and spec.big_to_small_source is not None
-    assert len(spec.strategies) == 5
-    for variant in (Variant("x", {"replay.strategy": "rank"}), Variant("y", {"source_model": spec.big_to_small_source})):
-        variant_settings(spec.run, variant)
+    assert spec.steps == list(STEPS) and spec.big_to_small_source is not None and len(spec.strategies) == 5
+    campaign = Campaign(spec)
+    campaign.check()
+    assert campaign.config(Variant("x", {"data.replay.strategy": "rank"}))["data"]["replay"] == {"strategy": "rank"}
+    keys = {campaign.key(v) for v in (UNTRAINED, Variant("btp"), Variant("x", {"data.replay.strategy": "rank"}))}
+    assert len(keys) == 3  # the folder key follows the fit config and whether it trains
+
+
+def test_any_fit_option_is_a_variant_change(tmp_path, monkeypatch):
+    """The RunSettings translators could not express weight decay, warm-up or the scheduler; a variant of the one
+    schema sets any fit option, checked where it lives (the module), before the campaign runs anything."""
+    monkeypatch.chdir(ROOT)
+    spec = ExperimentSpec(base=["configs/base_cpu.yaml"], steps=[],
+                          fit={"model.weight_decay": 0.1, "model.warmup_steps": 2, "model.scheduler": "cosine"})
+    Campaign(spec).check()
+    built = fit_config(spec.base, spec.fit)["model"]
+    assert (built["weight_decay"], built["warmup_steps"], built["scheduler"]) == (0.1, 2, "cosine")
+    assert built["model"]["name"] == "smollm2-135m"  # the base is still there
+    with pytest.raises(UsageError, match=r"variant untrained: .*scheduler"):
+        Campaign(ExperimentSpec(base=["configs/base_cpu.yaml"], steps=[], fit={"model.scheduler": "steep"})).check()
+
+
+def test_a_bad_grid_value_fails_before_any_variant_runs(monkeypatch):
+    """p2value_alpha is checked once, by ReplaySettings, for every variant up front (not by the grid, not by a run)."""
+    monkeypatch.chdir(ROOT)
+    spec = ExperimentSpec(base=["configs/base_cpu.yaml"], steps=["step4_hyperparams"],
+                          grid=HyperGrid(p2value_alpha=[0.5, 1.5], sampling_alpha=[1.0]))
+    with pytest.raises(UsageError, match=r"variant p2value_alpha=1.5.*data\.replay\.p2value_alpha must be in \[0, 1\]"):
+        Campaign(spec).check()
 
 
 def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match="steps"):
-        ExperimentSpec(steps=["step9"])
+        ExperimentSpec(base=["b.yaml"], steps=["step9"])
     with pytest.raises(ValueError, match="big_to_small_source"):
-        ExperimentSpec(steps=["big_to_small"])
-    with pytest.raises(ValueError, match="strategy"):
-        ExperimentSpec(steps=["step3_ablation"], strategies=["greedy"])
-    with pytest.raises(ValueError, match="p2value_alpha"):
-        HyperGrid(p2value_alpha=[1.5])
-    with pytest.raises(ValueError, match="no field"):
-        apply_changes(ExperimentSpec(steps=[]).run, {"replay.nope": 1})
+        ExperimentSpec(base=["b.yaml"], steps=["big_to_small"])
+    with pytest.raises(ValueError, match="no fit config"):
+        ExperimentSpec(steps=[])
 
 
-def test_apply_changes_copies_nested_fields():
-    run = ExperimentSpec(steps=[]).run
-    changed = apply_changes(run, {"replay.strategy": "rank", "replay.sampling_alpha": 2.0, "max_epochs": 3})
-    assert (changed.replay.strategy, changed.replay.sampling_alpha, changed.max_epochs) == ("rank", 2.0, 3)
-    assert (run.replay.strategy, run.max_epochs) == ("power", 1)  # the base run is untouched
+def test_a_campaign_file_with_the_old_run_section_says_how_to_move_it(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("name: old\nrun: {max_epochs: 2, replay: {strategy: rank}}\n")
+    with pytest.raises(UsageError, match=r"run: section is gone.*base:.*fit:"):
+        parse_spec(["--config", str(old)])
+
+
+def test_layer_merges_mappings_and_dotted_keys_and_replaces_lists():
+    base = {"trainer": {"max_epochs": 1, "callbacks": [{"class_path": "A"}]}, "data": {"replay": {"strategy": "power"}}}
+    out = layer(base, {"trainer": {"callbacks": []}, "data.replay.sampling_alpha": 2.0, "data": {"batch_size": 2}})
+    assert out == {"trainer": {"max_epochs": 1, "callbacks": []},
+                   "data": {"replay": {"strategy": "power", "sampling_alpha": 2.0}, "batch_size": 2}}
+    assert base["trainer"]["callbacks"] == [{"class_path": "A"}]  # the base is untouched
 
 
 def test_wilson_interval_known_values():
@@ -252,16 +313,3 @@ def test_bootstrap_and_paired_delta():
     assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3))
     delta = paired_delta({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0})
     assert delta["num_problems"] == 3 and delta["mean"] == pytest.approx(1 / 3)
-
-
-def test_run_seed_changes_the_replay_draws_unless_replay_seed_is_set():
-    from test_replay import make_exp
-
-    def draws(**changes) -> list[int]:
-        data = build_data(apply_changes(RunSettings(), changes))
-        data.buffer.add([make_exp(pid, f"x={pid}", None, 1, 1, 2) for pid in "abcdefgh"])
-        return data.buffer.sample_indices(40).tolist()
-
-    assert draws(seed=1) != draws(seed=2)  # run.seed is "the seed of everything", replay draws included
-    assert draws(seed=1) == draws(seed=1)
-    assert draws(seed=1, **{"replay.seed": 5}) == draws(seed=2, **{"replay.seed": 5})  # an explicit replay seed wins

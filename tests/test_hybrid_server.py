@@ -15,6 +15,7 @@ import torch
 
 from btp_helpers import tiny_datamodule, tiny_module, tiny_trainer
 from egcfg_pl.lightning.refresh import ReplayRefresh
+from egcfg_pl.lightning.run_folder import latest_eval_json
 from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.sampling.api import ApiSampler, ApiSettings
 from egcfg_pl.sandbox import SandboxConfig
@@ -63,7 +64,7 @@ def test_hybrid_fit_api_source_trains_local_lora_target(llama_server, tmp_path, 
     assert (module.adapter_dir() / "adapter_config.json").is_file()
 
     # held-out evaluation ran on the target (not the API) and wrote its results JSON
-    assert module.last_eval["stage"] == "val" and int(module.last_eval["num_problems"]) == HELD_OUT
-    report = EvalReport.from_json(module.last_eval["path"])
+    report = EvalReport.from_json(latest_eval_json(tmp_path, "val"))  # the results come back as a file
+    assert int(report.metrics["num_problems"]) == HELD_OUT
     assert report.config["model"] == str(tiny_model_dir) and report.config["mode"] == "finetune"
     assert sorted(p.problem_id for p in report.problems) == sorted(p.id for p in dm.held_out_problems)

@@ -23,6 +23,7 @@ from egcfg_pl.lightning.module import BTPModule
 from egcfg_pl.models import LoraSettings, ModelSpec
 from egcfg_pl.problems import ProblemSet
 from egcfg_pl.problems.problem import Problem, TestCase
+from egcfg_pl.lightning.run_folder import latest_eval_json
 from egcfg_pl.replay import ReplaySettings
 from egcfg_pl.sampling.api import ApiSettings
 from egcfg_pl.sampling.candidate import Candidate
@@ -31,18 +32,15 @@ from egcfg_pl.sandbox import SandboxConfig
 from test_metrics_report import ADD, CANDIDATES, SQ, InProcessExecutor
 
 
-# -- 1. held-out P2Value follows data.replay ------------------------------------------------------------
+# -- 1. held-out P2Value follows the replay settings (the CLI links model.scoring to data.replay) -----------
 @pytest.mark.parametrize("alpha,form", [(0.0, "normalized"), (1.0, "raw")])
 def test_held_out_p2value_uses_replay_alpha_and_possibility(tmp_path, tiny_model_dir, alpha, form):
-    module = tiny_module(tiny_model_dir)
-    module.hparams.results_dir = str(tmp_path / "eval")
-    dm = BTPDataModule(
-        held_out=ProblemSet(dataset="mbpp", split="test", path=str(SHARED_MBPP), limit=2),
-        replay=ReplaySettings(p2value_alpha=alpha, possibility=form),
-    )
+    module = tiny_module(tiny_model_dir, results_dir=str(tmp_path / "eval"),
+                         scoring=ReplaySettings(p2value_alpha=alpha, possibility_form=form))
+    dm = BTPDataModule(held_out=ProblemSet(dataset="mbpp", split="test", path=str(SHARED_MBPP), limit=2))
     tiny_trainer(tmp_path, 1, []).test(module, dm, verbose=False)
-    got = module.last_eval
-    report = json.loads(Path(got["path"]).read_text())
+    report = json.loads(latest_eval_json(tmp_path / "eval", "test").read_text())  # the results come back as a file
+    got = report["metrics"]
     candidates = [c for p in report["problems"] for c in p["candidates"]]
     assert candidates and all(c["logprob"] is not None for c in candidates)
     if alpha == 0.0:  # P2Value = pass rate
@@ -52,7 +50,7 @@ def test_held_out_p2value_uses_replay_alpha_and_possibility(tmp_path, tiny_model
         for c in candidates:
             assert c["possibility"] == pytest.approx(math.exp(c["logprob"]))
         assert got["possibility_mean"] == pytest.approx(sum(math.exp(c["logprob"]) for c in candidates) / len(candidates))
-    assert report["config"]["p2value_alpha"] == alpha and report["config"]["possibility"] == form
+    assert report["config"]["p2value_alpha"] == alpha and report["config"]["possibility_form"] == form
 
 
 # -- 2. every dataclass in the saved hyper-parameters is allow-listed -----------------------------------
@@ -126,8 +124,7 @@ class RecordingLogger(L.pytorch.loggers.Logger):
 
 def _fit_counting_evals(tmp_path, model_dir, **trainer_kwargs):
     L.seed_everything(0)
-    module, dm, logger = tiny_module(model_dir), tiny_datamodule(), RecordingLogger()
-    module.hparams.results_dir = str(tmp_path / "eval")
+    module, dm, logger = tiny_module(model_dir, results_dir=str(tmp_path / "eval")), tiny_datamodule(), RecordingLogger()
     calls = []
     step = module._eval_step
     module._eval_step = lambda stage, batch: (calls.append(stage), step(stage, batch))
@@ -143,9 +140,8 @@ def _fit_counting_evals(tmp_path, model_dir, **trainer_kwargs):
 def test_final_weights_are_validated_when_the_schedule_skips_them(tmp_path, tiny_model_dir):
     module, trainer, logger, calls = _fit_counting_evals(tmp_path, tiny_model_dir, max_epochs=1, check_val_every_n_epoch=3)
     assert trainer.global_step > 0 and calls == ["val"]  # 2 problems, one batch
-    assert module.last_eval["num_problems"] == 2
-    assert Path(module.last_eval["path"]) == tmp_path / "eval" / "eval_val_epoch0.json"
-    assert json.loads(Path(module.last_eval["path"]).read_text())["metrics"]["num_problems"] == 2
+    assert latest_eval_json(tmp_path / "eval", "val") == tmp_path / "eval" / "eval_val_epoch0.json"
+    assert json.loads((tmp_path / "eval" / "eval_val_epoch0.json").read_text())["metrics"]["num_problems"] == 2
     logged = [m for step, m in logger.metrics if "val/num_problems" in m]
     assert logged and logged[-1]["val/num_problems"] == 2 and "val/pass@1" in logged[-1]
 
@@ -153,14 +149,14 @@ def test_final_weights_are_validated_when_the_schedule_skips_them(tmp_path, tiny
 def test_no_second_validation_when_the_final_weights_were_validated(tmp_path, tiny_model_dir):
     module, _, _, calls = _fit_counting_evals(tmp_path, tiny_model_dir, max_epochs=1, check_val_every_n_epoch=1)
     assert calls == ["val"]
-    assert module.last_eval["num_problems"] == 2
+    assert json.loads(latest_eval_json(tmp_path / "eval", "val").read_text())["metrics"]["num_problems"] == 2
 
 
 def test_no_final_validation_when_validation_is_disabled(tmp_path, tiny_model_dir):
     module, _, _, calls = _fit_counting_evals(
         tmp_path, tiny_model_dir, max_epochs=1, check_val_every_n_epoch=3, limit_val_batches=0
     )
-    assert calls == [] and module.last_eval == {}
+    assert calls == []
     assert not list((tmp_path / "eval").glob("eval_*.json"))  # the folder holds the adapter only
 
 
@@ -175,7 +171,6 @@ def lora_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _test_with(module: BTPModule, tmp_path: Path, ckpt: Path) -> None:
-    module.hparams.results_dir = str(tmp_path / "eval")
     dm = tiny_datamodule(held_out=1)
     tiny_trainer(tmp_path, 1, []).test(module, dm, ckpt_path=str(ckpt), verbose=False)
 

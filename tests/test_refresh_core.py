@@ -40,7 +40,7 @@ def executor():
 
 
 def test_refresh_experiences_samples_tests_and_scores_without_a_trainer(executor):
-    sampler, settings = FixedSampler(), ReplaySettings(p2value_alpha=0.5, possibility="normalized")
+    sampler, settings = FixedSampler(), ReplaySettings(p2value_alpha=0.5, possibility_form="normalized")
     problems = [_problem("custom/a"), _problem("custom/b")]
     experiences = refresh_experiences(sampler, executor, problems, settings, iteration=3, stream=(1, 2))
     assert sampler.calls == [(["custom/a", "custom/b"], 3, (1, 2))]

@@ -168,14 +168,14 @@ def test_settings_reject_bad_values_with_field_names():
     ("changes", "message"),
     [
         ({"sampling_alpha": -0.5},
-         r"data\.replay\.sampling_alpha \(run\.replay\.sampling_alpha in an experiment config\) must be"),
+         r"data\.replay\.sampling_alpha must be"),
         ({"sampling_alpha": float("nan")}, r"data\.replay\.sampling_alpha"),
         ({"sampling_alpha": float("inf")}, r"data\.replay\.sampling_alpha"),
         ({"min_pass_rate": 1.5}, r"data\.replay\.min_pass_rate .*must be in \[0, 1\].*got 1\.5"),
         ({"min_pass_rate": -0.1}, r"data\.replay\.min_pass_rate"),
         ({"capacity": 0}, r"data\.replay\.capacity .*must be >= 1"),
         ({"eviction": "random"}, r"data\.replay\.eviction .*'random' is unknown"),
-        ({"possibility": "log"}, r"data\.replay\.possibility .*'log' is unknown"),
+        ({"possibility_form": "log"}, r"data\.replay\.possibility_form .*'log' is unknown"),
     ],
 )
 def test_settings_fail_at_construction_naming_the_yaml_path(changes, message):
@@ -187,14 +187,14 @@ def test_settings_fail_at_construction_naming_the_yaml_path(changes, message):
 def saved_buffer(settings: ReplaySettings) -> tuple[ReplayBuffer, dict]:
     buf = ReplayBuffer(settings)
     exps = [make_exp("p", f"x={i}", -float(i + 1), 4, i % 3, 2) for i in range(6)]  # pass rates 0, .5, 1
-    buf.add([Experience.build(e.candidate, e.verdict, settings.p2value_alpha, settings.possibility) for e in exps])
+    buf.add([Experience.build(e.candidate, e.verdict, settings.p2value_alpha, settings.possibility_form) for e in exps])
     buf.sample_indices(3)
     return buf, buf.state_dict()
 
 
 def test_restore_rescores_entries_under_changed_settings(caplog):
-    _, state = saved_buffer(ReplaySettings(p2value_alpha=0.5, possibility="normalized"))
-    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.2, possibility="raw"))
+    _, state = saved_buffer(ReplaySettings(p2value_alpha=0.5, possibility_form="normalized"))
+    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.2, possibility_form="raw"))
     with caplog.at_level("WARNING", logger="egcfg_pl.replay.buffer"):
         restored.load_state_dict(state)
     assert len(restored) == 6
@@ -218,9 +218,9 @@ def test_restore_reapplies_min_pass_rate_and_capacity(caplog):
 
 
 def test_restore_with_same_settings_is_exact_and_silent(caplog):
-    settings = ReplaySettings(p2value_alpha=0.3, possibility="raw", strategy="rank", sampling_alpha=2.0, seed=4)
+    settings = ReplaySettings(p2value_alpha=0.3, possibility_form="raw", strategy="rank", sampling_alpha=2.0, seed=4)
     buf, state = saved_buffer(settings)
-    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.3, possibility="raw", strategy="rank", sampling_alpha=2.0))
+    restored = ReplayBuffer(ReplaySettings(p2value_alpha=0.3, possibility_form="raw", strategy="rank", sampling_alpha=2.0))
     with caplog.at_level("WARNING", logger="egcfg_pl.replay.buffer"):
         restored.load_state_dict(state)
     assert caplog.text == ""  # only the seed differs, and the saved RNG state replaces it
@@ -247,3 +247,29 @@ def test_unset_replay_seed_follows_the_run_seed(monkeypatch):
     assert pinned_first == pinned_second  # ... unless the replay seed is set explicitly
     L.seed_everything(1, verbose=False)
     assert draws(ReplaySettings()) == first  # and the same run seed reproduces it
+
+
+def test_settings_saved_under_the_old_possibility_name_still_load(caplog):
+    """``possibility`` (a form name, while ``possibility`` is a float elsewhere) is now ``possibility_form``:
+    settings pickled in an older checkpoint's hyper-parameters, and its buffer state, still restore under it."""
+    import pickle
+
+    old = ReplaySettings(p2value_alpha=0.3, possibility_form="raw")
+    state = old.__dict__.copy()
+    state["possibility"] = state.pop("possibility_form")
+    restored = ReplaySettings.__new__(ReplaySettings)
+    restored.__setstate__(state)  # what unpickling an old checkpoint's hyper-parameters does
+    assert restored == old and pickle.loads(pickle.dumps(old)) == old
+    _, buffer_state = saved_buffer(ReplaySettings(possibility_form="raw"))
+    buffer_state["settings"]["possibility"] = buffer_state["settings"].pop("possibility_form")
+    with caplog.at_level("WARNING"):
+        ReplayBuffer(ReplaySettings(possibility_form="normalized")).load_state_dict(buffer_state)
+    assert "data.replay.possibility_form: 'raw' -> 'normalized'" in caplog.text  # the old key is still compared
+
+
+def test_the_old_possibility_key_in_a_config_names_the_new_one():
+    from egcfg_pl.lightning.cli import run_lightning_cli
+    from egcfg_pl.user_errors import UsageError
+
+    with pytest.raises(UsageError, match=r"data\.replay\.possibility.*did you mean data\.replay\.possibility_form"):
+        run_lightning_cli(["fit", "--data.held_out.dataset", "mbpp", "--data.replay.possibility", "raw"])

@@ -17,6 +17,7 @@ from egcfg_pl.models import EMBEDDED_ALIAS, ModelSpec
 
 CONFIG = """
 seed_everything: 0
+sandbox: {{timeout: 2.0, workers: 2}}
 trainer:
   accelerator: cpu
   devices: 1
@@ -30,12 +31,10 @@ trainer:
       init_args: {{save_last: true}}
 refresh:
   generation: {{strategy: beam, num_beams: 2, num_return_sequences: 2, max_new_tokens: 12, progress: false}}
-  sandbox: {{timeout: 2.0, workers: 2}}
 model:
   model: {{name: {model}, dtype: float32, device: cpu}}
   lora: {{r: 4, alpha: 8, dropout: 0.0}}
   evaluation: {{strategy: greedy, num_beams: 1, num_return_sequences: 1, max_new_tokens: 12, progress: false}}
-  sandbox: {{timeout: 2.0, workers: 2}}
   learning_rate: 0.01
 data:
   train: {{dataset: mbpp, split: train, path: {mbpp}, limit: 4}}

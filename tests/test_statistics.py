@@ -7,7 +7,6 @@ import math
 import pytest
 
 from egcfg_pl.experiments.report import _table
-from egcfg_pl.experiments.spec import RunSettings
 from egcfg_pl.experiments.stats import exact_mcnemar_p, holm, paired_delta, sign_test, wilson_interval
 from egcfg_pl.experiments.steps import adjust_across_variants
 from egcfg_pl.sampling.settings import GenerationSettings
@@ -84,14 +83,6 @@ def test_wilson_interval_for_pass_at_1():
 
 def _beam(n: int) -> GenerationSettings:
     return GenerationSettings(strategy="beam", num_beams=n, num_return_sequences=n, progress=False)
-
-
-def test_pass_at_k_above_one_from_beams_is_refused_in_experiments():
-    with pytest.raises(ValueError, match=r"run\.pass_k \[5\].*independent samples.*run\.evaluation\.strategy is 'beam'"):
-        RunSettings(evaluation=_beam(5), pass_k=[1, 5])
-    assert RunSettings(evaluation=_beam(5), pass_k=[1]).pass_k == [1]  # pass@1 of beams is still an accuracy
-    sample = GenerationSettings(strategy="sample", num_return_sequences=5, progress=False)
-    assert RunSettings(evaluation=sample, pass_k=[1, 5]).pass_k == [1, 5]
 
 
 def test_pass_at_k_above_one_from_beams_is_refused_in_the_module():

@@ -227,7 +227,7 @@ def test_sample_and_filter_stops_when_every_kept_program_is_truncated():
     """A buffer whose only entries are cut off (skip) trains on nothing: the campaign stops as for an empty buffer."""
     from types import SimpleNamespace
 
-    from egcfg_pl.experiments.run import EmptyReplayError, StopOnEmptyBuffer
+    from egcfg_pl.experiments.variant import EmptyReplayError, StopOnEmptyBuffer
 
     buffer = ReplayBuffer(ReplaySettings(seed=0))
     buffer.add([experience(0, True, truncated=True)])

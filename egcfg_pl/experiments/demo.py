@@ -1,6 +1,9 @@
 """`make demo`: baseline held-out evaluation, a short BTP fit, and the fine-tuned model on the same problems.
 
-    python cli.py demo [--config configs/demo_cpu.yaml] [--humaneval 20]
+    python cli.py demo [--config configs/base_cpu.yaml --config configs/demo_cpu.yaml] [--humaneval 20]
+
+Every result is read back from the evaluation JSON its stage wrote (``eval/<name>/`` for the baselines, the run
+folder for the fine-tuned model), not from the module.
 """
 
 from __future__ import annotations
@@ -12,24 +15,20 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning as L
 
 from egcfg_pl.experiments.stats import summarize_eval
 from egcfg_pl.lightning.cli import configure_logging, run_lightning_cli
-from egcfg_pl.lightning.datamodule import BTPDataModule
+from egcfg_pl.lightning.held_out import held_out_test
+from egcfg_pl.lightning.run_folder import latest_eval_json
 from egcfg_pl.metrics.rsr import relative_success_rate
 from egcfg_pl.problems import ProblemSet
 
-
-def evaluate(trainer_kwargs: dict, module, datamodule) -> dict:
-    """``trainer.test`` on held-out problems; returns the module's last evaluation record."""
-    L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs).test(module, datamodule, verbose=False)
-    return with_summary(module.last_eval)
+DEFAULT_CONFIGS = ["configs/base_cpu.yaml", "configs/demo_cpu.yaml"]
 
 
-def with_summary(record: dict) -> dict:
-    """The evaluation record plus its intervals, read now: the next evaluation may reuse the JSON's file name."""
-    return {**record, "summary": summarize_eval(record["path"])}
+def with_summary(path: Path) -> dict:
+    """An evaluation JSON's path and its means with 95% intervals."""
+    return {"path": str(path), "summary": summarize_eval(path)}
 
 
 def percent(value: float) -> str:
@@ -73,7 +72,7 @@ def rsr_line(tuned_rate: float, baseline_rate: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cli.py demo", description=__doc__)
-    parser.add_argument("--config", default="configs/demo_cpu.yaml")
+    parser.add_argument("--config", action="append", help=f"fit config(s), layered in order (default {DEFAULT_CONFIGS})")
     parser.add_argument("--humaneval", type=int, default=20, help="HumanEval problems in the baseline (0 = skip)")
     args = parser.parse_args(argv)
     for category in (FutureWarning, DeprecationWarning, UserWarning):  # library deprecation chatter
@@ -82,24 +81,27 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("egcfg_pl").setLevel(logging.INFO)
     start = time.perf_counter()
 
-    cli = run_lightning_cli(["--config", args.config], run=False)
+    cli = run_lightning_cli([a for path in args.config or DEFAULT_CONFIGS for a in ("--config", path)], run=False)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     for problem_set in (data.train_set, data.held_out_set):  # no data: stop now, before minutes of baseline
         problem_set.load()
-    eval_kwargs = {"accelerator": trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
-                   "devices": 1, "precision": trainer.precision, "enable_progress_bar": True}
-    module.hparams.results_dir = str(Path(trainer.default_root_dir) / "baseline")
-    results = {}
+    root = Path(trainer.default_root_dir)
+    baselines = {"MBPP test (baseline)": ("mbpp_baseline", data.held_out_set)}
     if args.humaneval:
-        humaneval = BTPDataModule(held_out=ProblemSet(dataset="humaneval", split="test", limit=args.humaneval))
-        results["HumanEval (baseline)"] = evaluate(eval_kwargs, module, humaneval)
-    results["MBPP test (baseline)"] = evaluate(eval_kwargs, module, data)
-    module.hparams.results_dir = None
-
+        humaneval = ProblemSet(dataset="humaneval", split="test", limit=args.humaneval)
+        baselines = {"HumanEval (baseline)": ("humaneval_baseline", humaneval), **baselines}
+    config = cli.config["trainer"]
+    results = {
+        name: with_summary(held_out_test(module, problems, root / "eval" / folder, data.hparams.eval_batch_size,
+                                         accelerator=config["accelerator"], precision=config["precision"]))
+        for name, (folder, problems) in baselines.items()
+    }
+    fit_start = time.time()
     trainer.fit(module, data)  # refresh → replay → LoRA steps, then validation of the tuned target
-    if module.last_eval.get("stage") != "val":
+    tuned = latest_eval_json(root, "val") if list(root.glob("eval_val_epoch*.json")) else None
+    if tuned is None or tuned.stat().st_mtime < fit_start:  # none, or an earlier run's
         raise RuntimeError("the fit ran no held-out validation: keep trainer.check_val_every_n_epoch <= max_epochs")
-    results["MBPP test (after BTP)"] = with_summary(module.last_eval)
+    results["MBPP test (after BTP)"] = with_summary(tuned)
     refresh = next(cb for cb in trainer.callbacks if hasattr(cb, "last_stats"))
     print(summary(results, refresh.last_stats, trainer, module, time.perf_counter() - start))
 
@@ -112,7 +114,7 @@ def summary(results: dict[str, dict], buffer_stats: dict[str, float], trainer, m
         "",
         "=== egcfg_pl demo: SmolLM2-135M-Instruct on held-out problems, greedy decoding ===",
         results_table({name: r["summary"] for name, r in results.items()}),
-        rsr_line(tuned["pass@1"], base["pass@1"]),
+        rsr_line(tuned["summary"]["pass@1"]["mean"], base["summary"]["pass@1"]["mean"]),
         "(95% intervals over problems: a few dozen problems cannot show small changes.)",
         "",
         "Replay buffer: " + buffer_words(buffer_stats),

@@ -1,13 +1,13 @@
 """The campaign's steps as lists of variants of the base run, and how a step's results are assembled.
 
-A variant is the base run with a few fields changed (``changes``, dotted paths); every variant goes
-through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
+A variant is the campaign's fit config with a few options changed (``changes``, dotted fit-config paths such
+as ``data.replay.strategy``); every variant goes through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
 RSR (pass@1 ratio), paired differences with (unadjusted) 95% intervals and the paired exact test
 (McNemar for pass/fail) are taken against it; the tests' p-values are Holm-adjusted across the step's
 variants, since one step compares many variants with the same baseline.
 
 - step1_baseline: sample-and-filter (rejection-sampling fine-tuning). The same sampler and budget as BTP,
-  but the buffer keeps only programs that pass every test (``replay.min_pass_rate: 1``) and draws
+  but the buffer keeps only programs that pass every test (``data.replay.min_pass_rate: 1``) and draws
   uniformly. If nothing passes, no optimizer step is taken and the untrained evaluation stands for it.
 - step2_btp: the base run (power draws on P2Value, paper Eqs. 5-6).
 - step3_ablation: one variant per replay draw strategy.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egcfg_pl.experiments.spec import ExperimentSpec, RunSettings
+from egcfg_pl.experiments.spec import ExperimentSpec
 from egcfg_pl.experiments.stats import holm, paired_delta, per_problem, summarize_eval
 from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.metrics.rsr import relative_success_rate
@@ -34,7 +34,7 @@ METRICS = ("pass@1", "avg_pass_rate")
 
 @dataclass(frozen=True)
 class Variant:
-    """The base run with ``changes`` applied (``{"replay.strategy": "rank"}``)."""
+    """The campaign's fit config with ``changes`` applied (``{"data.replay.strategy": "rank"}``)."""
 
     name: str
     changes: dict[str, Any] = field(default_factory=dict)
@@ -45,23 +45,8 @@ class Variant:
 UNTRAINED = Variant("untrained", train=False)
 
 
-def apply_changes(base: Any, changes: dict[str, Any]) -> Any:
-    """A copy of the dataclass ``base`` with dotted-path fields replaced (nested dataclasses are copied)."""
-    for path, value in changes.items():
-        head, _, rest = path.partition(".")
-        if not any(f.name == head for f in dataclasses.fields(base)):
-            raise ValueError(f"variant change {path!r}: {type(base).__name__} has no field {head!r}")
-        new = apply_changes(getattr(base, head), {rest: value}) if rest else value
-        base = dataclasses.replace(base, **{head: new})
-    return base
-
-
-def variant_settings(run: RunSettings, variant: Variant) -> RunSettings:
-    return apply_changes(run, variant.changes)
-
-
 def _step1(spec: ExperimentSpec) -> list[Variant]:
-    return [Variant("sample_and_filter", {"replay.strategy": "uniform", "replay.min_pass_rate": 1.0}, stop_if_empty=True)]
+    return [Variant("sample_and_filter", {"data.replay.strategy": "uniform", "data.replay.min_pass_rate": 1.0}, stop_if_empty=True)]
 
 
 def _step2(spec: ExperimentSpec) -> list[Variant]:
@@ -69,20 +54,21 @@ def _step2(spec: ExperimentSpec) -> list[Variant]:
 
 
 def _step3(spec: ExperimentSpec) -> list[Variant]:
-    return [Variant(strategy, {"replay.strategy": strategy}) for strategy in spec.strategies]
+    return [Variant(strategy, {"data.replay.strategy": strategy}) for strategy in spec.strategies]
 
 
 def _step4(spec: ExperimentSpec) -> list[Variant]:
     grid = itertools.product(spec.grid.p2value_alpha, spec.grid.sampling_alpha)
     return [
-        Variant(f"p2value_alpha={a:g},sampling_alpha={b:g}", {"replay.p2value_alpha": a, "replay.sampling_alpha": b})
+        Variant(f"p2value_alpha={a:g},sampling_alpha={b:g}", {"data.replay.p2value_alpha": a, "data.replay.sampling_alpha": b})
         for a, b in grid
     ]
 
 
 def _big_to_small(spec: ExperimentSpec) -> list[Variant]:
-    source = spec.big_to_small_source
-    return [Variant("source", {"model": source}, train=False), Variant("target_from_source", {"source_model": source})]
+    source = dataclasses.asdict(spec.big_to_small_source)
+    return [Variant("source", {"model.model": source}, train=False),
+            Variant("target_from_source", {"refresh.source_model": source})]
 
 
 VARIANTS: dict[str, Callable[[ExperimentSpec], list[Variant]]] = {
@@ -98,9 +84,9 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarized(held_out: dict[str, Any], spec: ExperimentSpec) -> dict[str, Any]:
+def summarized(held_out: dict[str, Any], spec: ExperimentSpec, seed: int) -> dict[str, Any]:
     """The held-out record plus mean and 95% interval of pass@1 and the average pass rate."""
-    return {**held_out, **summarize_eval(held_out["eval_json"], spec.bootstrap_samples, spec.run.seed)}
+    return {**held_out, **summarize_eval(held_out["eval_json"], spec.bootstrap_samples, seed)}
 
 
 def compare(record: dict[str, Any], baseline: dict[str, Any], samples: int, seed: int) -> dict[str, Any]:
@@ -119,21 +105,20 @@ def assemble(
 ) -> dict[str, Any]:
     """Run (or fetch) every variant of ``step`` and the untrained baseline; returns the step's JSON object."""
     baseline = dict(run(UNTRAINED))
-    baseline["held_out"] = summarized(baseline["held_out"], spec)
+    seed = baseline["seed"]  # the fit config's seed_everything: the bootstrap's seed too
+    baseline["held_out"] = summarized(baseline["held_out"], spec, seed)
     entries = []
     for variant in VARIANTS[step](spec):
-        record = dict(run(variant))
-        replay = dataclasses.asdict(variant_settings(spec.run, variant).replay)
-        entry: dict[str, Any] = {"name": variant.name, "changes": variant.changes, "replay": replay, **record}
+        entry: dict[str, Any] = {"name": variant.name, "changes": variant.changes, **run(variant)}
         if entry["held_out"] is None:  # no optimizer step: the weights are the untrained ones
             entry["held_out"], entry["evaluated_as"] = baseline["held_out"], "untrained (no optimizer step was taken)"
-        entry["held_out"] = summarized(entry["held_out"], spec)
-        entry["vs_untrained"] = compare(entry["held_out"], baseline["held_out"], spec.bootstrap_samples, spec.run.seed)
+        entry["held_out"] = summarized(entry["held_out"], spec, seed)
+        entry["vs_untrained"] = compare(entry["held_out"], baseline["held_out"], spec.bootstrap_samples, seed)
         entries.append(entry)
     adjust_across_variants(entries)
     if step == "big_to_small":
         source, target = entries
-        target["vs_source"] = compare(target["held_out"], source["held_out"], spec.bootstrap_samples, spec.run.seed)
+        target["vs_source"] = compare(target["held_out"], source["held_out"], spec.bootstrap_samples, seed)
     return {"step": step, "untrained": baseline, "variants": entries, "caveats": caveats(step, spec, baseline, entries)}
 
 
@@ -160,6 +145,6 @@ def caveats(step: str, spec: ExperimentSpec, baseline: dict[str, Any], entries: 
             notes.append(f"{entry['name']}: {entry['note']}")
         if entry.get("buffer", {}).get("size") and entry["buffer"]["problems_solved"] == 0:
             notes.append(f"{entry['name']}: no sampled training program passed all tests (buffer holds failures only)")
-    if step == "big_to_small" and spec.big_to_small_source == spec.run.model:
+    if step == "big_to_small" and entries[0]["model"] == baseline["model"]:
         notes.append("source and target are the same model: this checks the big-to-small plumbing, not its effect")
     return notes

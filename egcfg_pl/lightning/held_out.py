@@ -7,11 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
+from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.gather import distributed, gather_objects
+from egcfg_pl.lightning.run_folder import latest_eval_json
 from egcfg_pl.metrics.report import EvalReport, ProblemReport, ProgramRunner
 from egcfg_pl.metrics.scorer import CandidateScorer
+from egcfg_pl.problems import ProblemSet
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.buffer import ReplaySettings
 from egcfg_pl.sampling.base import Sampler
@@ -50,7 +54,7 @@ class HeldOutEvaluator:
     """One per stage (val / test): owns an executor and a scorer; fed one batch of problems at a time.
 
     P2Value and possibility are scored like the replay buffer's (``data.replay.p2value_alpha`` and
-    ``data.replay.possibility``), so held-out P2Value statistics follow the configured variant.
+    ``data.replay.possibility_form``), so held-out P2Value statistics follow the configured variant.
     """
 
     def __init__(
@@ -65,7 +69,7 @@ class HeldOutEvaluator:
         self.replay = replay or ReplaySettings()
         self.executor = executor if executor is not None else Executor(sandbox)
         self.scorer = CandidateScorer(
-            self.executor, ks, p2value_alpha=self.replay.p2value_alpha, possibility_form=self.replay.possibility
+            self.executor, ks, p2value_alpha=self.replay.p2value_alpha, possibility_form=self.replay.possibility_form
         )
         self._deduplicated = False
 
@@ -103,3 +107,15 @@ class HeldOutEvaluator:
         close = getattr(self.executor, "close", None)
         if close is not None:
             close()
+
+
+def held_out_test(
+    module: L.LightningModule, problems: ProblemSet, folder: Path, eval_batch_size: int, **trainer_kwargs: Any
+) -> Path:
+    """``trainer.test`` of ``module``'s current weights on ``problems`` with a Trainer of its own whose run folder is
+    ``folder``; returns the evaluation JSON it wrote there. The demo's baselines and every campaign variant use it."""
+    data = BTPDataModule(held_out=problems, eval_batch_size=eval_batch_size)
+    trainer = L.Trainer(devices=1, default_root_dir=str(folder), logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, **trainer_kwargs)
+    trainer.test(module, data, verbose=False)
+    return latest_eval_json(folder, "test")

@@ -16,7 +16,7 @@ import egcfg_pl.lightning.checkpoint_types  # noqa: F401 (allow-lists our settin
 from egcfg_pl.lightning import rng_state
 from egcfg_pl.lightning.datamodule import RecordBatch
 from egcfg_pl.lightning.held_out import HeldOutEvaluator
-from egcfg_pl.lightning.run_folder import ADAPTER_DIR, PUBLIC_BASE_IDS, print_summary
+from egcfg_pl.lightning.run_folder import ADAPTER_DIR, PUBLIC_BASE_IDS, eval_json, print_summary
 from egcfg_pl.metrics.independence import refuse_dependent_pass_k
 from egcfg_pl.models import LoraSettings, ModelSpec, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer
 from egcfg_pl.prompts import PromptTemplate
@@ -48,6 +48,7 @@ class BTPModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         results_dir: str | None = None,
         api: ApiSettings | None = None,
+        scoring: ReplaySettings | None = None,
     ) -> None:
         """
         Args:
@@ -69,6 +70,9 @@ class BTPModule(L.LightningModule):
                 refresh candidates and the held-out answers, and no local model is loaded (needs
                 ``mode: btp_only``). For ``hybrid`` (API source, local LoRA target) set the refresh
                 callback's ``source_api`` instead.
+            scoring: how held-out P2Value is scored (α and possibility form of these replay settings); the CLI
+                links it from ``data.replay``, so held-out statistics follow the buffer's (not a separate
+                ``replay`` key: Lightning merges module and datamodule hyper-parameters by name).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -82,16 +86,16 @@ class BTPModule(L.LightningModule):
         self._api_sampler: Any = None
         self.lora = None if mode == "btp_only" else lora
         self.template = template or PromptTemplate()
-        self.generation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
+        self.evaluation = evaluation or GenerationSettings(strategy="greedy", num_return_sequences=1, num_beams=1)
         self.sandbox = sandbox or SandboxConfig()
         self.pass_k = pass_k or [1]
+        self.scoring = scoring or ReplaySettings()
         self._check_pass_k()
         # checkpoints hold only the trainable (LoRA) weights; on_load_checkpoint checks those keys exactly
         self.strict_loading = False
         self.model: Any = None
         self.tokenizer: Any = None
         self.evaluators: dict[str, HeldOutEvaluator] = {}
-        self.last_eval: dict[str, Any] = {}
         self._fit_start_step = 0  # global_step when this fit's training started (after a resume)
         self._validated_step: int | None = None  # global_step of the last validation inside fit
 
@@ -99,10 +103,10 @@ class BTPModule(L.LightningModule):
         if self.api is not None:
             per_problem, source, fix = self.api.n, f"model.api.n = {self.api.n}", "raise model.api.n"
         else:
-            per_problem = self.generation.candidates_per_problem
+            per_problem = self.evaluation.candidates_per_problem
             source = (
-                f"model.evaluation: strategy {self.generation.strategy}, "
-                f"num_return_sequences {self.generation.num_return_sequences}"
+                f"model.evaluation: strategy {self.evaluation.strategy}, "
+                f"num_return_sequences {self.evaluation.num_return_sequences}"
             )
             fix = "raise model.evaluation.num_return_sequences (with strategy sample or beam)"
         bad = [k for k in self.pass_k if k < 1]
@@ -115,7 +119,7 @@ class BTPModule(L.LightningModule):
                 f"{fix} or lower k in model.pass_k"
             )
         if self.api is None:
-            refuse_dependent_pass_k(self.pass_k, self.generation.strategy, "model.pass_k", "model.evaluation.strategy")
+            refuse_dependent_pass_k(self.pass_k, self.evaluation.strategy, "model.pass_k", "model.evaluation.strategy")
 
     # -- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -248,19 +252,13 @@ class BTPModule(L.LightningModule):
         print_summary(self.trainer, self)
 
     # -- held-out evaluation --------------------------------------------------------------------------
-    def _replay_settings(self) -> ReplaySettings:
-        """The datamodule's ``data.replay`` (P2Value alpha and possibility form), defaults without one."""
-        buffer = getattr(getattr(self._trainer, "datamodule", None), "buffer", None)
-        settings = getattr(buffer, "settings", None)
-        return settings if isinstance(settings, ReplaySettings) else ReplaySettings()
-
     def _evaluator(self, stage: str) -> HeldOutEvaluator:
         if stage not in self.evaluators:
-            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage, replay=self._replay_settings())
+            self.evaluators[stage] = HeldOutEvaluator(self.sandbox, self.pass_k, stage, replay=self.scoring)
         return self.evaluators[stage]
 
     def _eval_step(self, stage: str, batch: RecordBatch) -> None:
-        self._evaluator(stage).step(self.sampler(self.generation), batch.items)
+        self._evaluator(stage).step(self.sampler(self.evaluation), batch.items)
 
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self._evaluator(stage)
@@ -271,16 +269,15 @@ class BTPModule(L.LightningModule):
         evaluator.reset()
 
     def _write_eval(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
-        """Collective under DDP: the evaluation JSON (rank 0 writes it) and ``last_eval``."""
+        """Collective under DDP: the evaluation JSON (rank 0 writes it), the result a caller reads."""
         evaluator = self._evaluator(stage)
-        path = self.output_dir() / f"eval_{stage}_epoch{epoch}.json"
+        path = eval_json(self.output_dir(), stage, epoch)
         replay = evaluator.replay
         config = {
             "model": self.api.model if self.api else self.spec.name, "stage": stage, "epoch": epoch,
-            "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility": replay.possibility,
+            "mode": self.hparams.mode, "p2value_alpha": replay.p2value_alpha, "possibility_form": replay.possibility_form,
         }
         evaluator.write_report(path, config)
-        self.last_eval = {"stage": stage, "path": str(path), **metrics}
         log.info("%s results: %s (%s)", stage, metrics, path)
 
     def validation_step(self, batch: RecordBatch, batch_idx: int) -> None:
@@ -303,11 +300,12 @@ class BTPModule(L.LightningModule):
             return  # btp_only / nothing trained, or validation disabled (limit_val_batches: 0)
         if self.global_step == self._fit_start_step or self._validated_step == self.global_step:
             return  # no step taken in this fit, or the final weights were validated already
-        problems = getattr(trainer.datamodule, "held_out_problems", None)
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None  # its public hook
+        problems = [p for batch in loader for p in batch.items] if loader is not None else []
         if not problems:
             rank_zero_warn(
                 f"the fine-tuned weights were not validated (trainer.max_epochs {trainer.max_epochs}, "
-                f"trainer.check_val_every_n_epoch {trainer.check_val_every_n_epoch}) and there is no BTPDataModule "
+                f"trainer.check_val_every_n_epoch {trainer.check_val_every_n_epoch}) and there is no datamodule "
                 "with held-out problems to evaluate them; run `python cli.py test --config ... --ckpt_path last`"
             )
             return
@@ -316,7 +314,7 @@ class BTPModule(L.LightningModule):
             "validating the final weights of epoch %d (trainer.check_val_every_n_epoch %s skipped them)",
             epoch, trainer.check_val_every_n_epoch,
         )
-        self._validate_final_weights(problems, trainer.datamodule.hparams.eval_batch_size, epoch)
+        self._validate_final_weights(problems, loader.batch_size, epoch)
 
     def _validate_final_weights(self, problems: list[Any], batch_size: int, epoch: int) -> None:
         """A validation pass run directly (Lightning's loop cannot run from ``on_train_end``): this rank's

@@ -46,7 +46,7 @@ def refresh_experiences(
 def score(candidates: Sequence[Candidate], verdicts: Sequence[Verdict], settings: ReplaySettings) -> list[Experience]:
     """Tested candidates → experiences with the replay's P2Value α and possibility form (a shared sample is
     re-scored this way by each variant that reuses it)."""
-    return [Experience.build(c, v, settings.p2value_alpha, settings.possibility)
+    return [Experience.build(c, v, settings.p2value_alpha, settings.possibility_form)
             for c, v in zip(candidates, verdicts, strict=True)]
 
 

@@ -34,6 +34,18 @@ PUBLIC_BASE_IDS = {EMBEDDED_ALIAS: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 ``AutoPeftModelForCausalLM.from_pretrained(adapter)`` loads the right base for anyone with the hub."""
 
 
+def eval_json(folder: Path, stage: str, epoch: int) -> Path:
+    return Path(folder) / f"eval_{stage}_epoch{epoch}.json"
+
+
+def latest_eval_json(folder: Path, stage: str) -> Path:
+    """The evaluation JSON of ``stage`` with the highest epoch in ``folder`` (what the last evaluation wrote)."""
+    found = sorted(Path(folder).glob(f"eval_{stage}_epoch*.json"), key=lambda p: int(p.stem.rsplit("epoch", 1)[1]))
+    if not found:
+        raise FileNotFoundError(f"no {stage} evaluation JSON in {folder}: the {stage} stage ran on no problems")
+    return found[-1]
+
+
 def run_root(trainer: Any) -> Path:
     return Path(trainer.default_root_dir)
 

@@ -97,8 +97,7 @@ def check_overlap(train: Sequence[Problem], held_out: Sequence[Problem], allow: 
         raise OverlapError(
             f"{len(matched)} held-out problem(s) also appear in the training problems (same id, statement or "
             f"test asserts; sanitized MBPP shares MBPP's task numbers): {named}{more}. Use disjoint splits, set "
-            "`data.drop_overlapping_train: true` to train without the overlapping problems "
-            "(run.drop_overlapping_train in an experiment config), or set "
+            "`data.drop_overlapping_train: true` to train without the overlapping problems, or set "
             "`data.allow_overlap: true` to accept the overlap knowingly."
         )
     return pairs

@@ -23,8 +23,8 @@ TruncatedPolicy = Literal["skip", "no_eos"]
 
 
 def setting_path(name: str) -> str:
-    """Where a replay setting lives in YAML, for error messages (fit configs and experiment specs)."""
-    return f"data.replay.{name} (run.replay.{name} in an experiment config)"
+    """Where a replay setting lives in a fit config (an experiment's variants are fit configs too), for errors."""
+    return f"data.replay.{name}"
 
 
 @dataclass
@@ -33,8 +33,8 @@ class ReplaySettings:
 
     p2value_alpha: float = 0.5
     """α in P2Value = α·possibility + (1−α)·pass_rate (paper Eq. 5)."""
-    possibility: Literal["normalized", "raw"] = "normalized"
-    """Which possibility enters P2Value: ``normalized`` = exp(logprob / tokens) (default; the raw product is
+    possibility_form: Literal["normalized", "raw"] = "normalized"
+    """The *form* of the possibility that enters P2Value (the value itself is per program): ``normalized`` = exp(logprob / tokens) (default; the raw product is
     ~1e-20 for a 100-token program, which would make P2Value ≈ (1−α)·pass_rate), or ``raw`` = exp(logprob)."""
     strategy: DrawStrategy = "power"
     """Draw rule: power (p^a/Σp^a on P2Value), rank (1/rank^a), or the ablations uniform, pass_rate, possibility."""
@@ -54,10 +54,17 @@ class ReplaySettings:
     (default) stores them (statistics, eviction) but never draws them for training; ``no_eos`` draws them and
     trains on them without the closing fence and EOS. ``buffer/skipped_truncated`` counts the skipped ones."""
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Settings pickled in a checkpoint's hyper-parameters before ``possibility`` was named ``possibility_form``."""
+        if "possibility" in state:
+            state = {"possibility_form": state["possibility"], **{k: v for k, v in state.items() if k != "possibility"}}
+        self.__dict__.update(state)
+
     def __post_init__(self) -> None:
         check_strategy(self.strategy, setting_path("strategy"))
-        if self.possibility not in ("normalized", "raw"):
-            raise ValueError(f"{setting_path('possibility')} {self.possibility!r} is unknown; use normalized or raw")
+        if self.possibility_form not in ("normalized", "raw"):
+            raise ValueError(
+                f"{setting_path('possibility_form')} {self.possibility_form!r} is unknown; use normalized or raw")
         if not 0.0 <= self.p2value_alpha <= 1.0:
             raise ValueError(f"{setting_path('p2value_alpha')} must be in [0, 1], got {self.p2value_alpha}")
         if not (self.sampling_alpha >= 0.0 and math.isfinite(self.sampling_alpha)):
@@ -268,7 +275,7 @@ class ReplayBuffer:
         below = 0
         for data, seen, order in zip(state["experiences"], state["seen"], state["order"], strict=True):
             saved = experience_from_dict(data)
-            exp = Experience.build(saved.candidate, saved.verdict, s.p2value_alpha, s.possibility)
+            exp = Experience.build(saved.candidate, saved.verdict, s.p2value_alpha, s.possibility_form)
             if exp.pass_rate < s.min_pass_rate:
                 below += 1
                 continue
@@ -290,5 +297,6 @@ class ReplayBuffer:
         if saved is None:  # a checkpoint from before settings were saved: nothing to compare
             return {}
         current = asdict(self.settings)
+        saved = {"possibility_form": saved["possibility"], **saved} if "possibility" in saved else saved  # old name
         names = [f.name for f in fields(ReplaySettings) if f.name != "seed"]
         return {n: (saved.get(n), current[n]) for n in names if n in saved and saved[n] != current[n]}

@@ -1,0 +1,209 @@
+"""One variant of a campaign, the single code path of every step: a fit config, fit, test on each held-out set.
+
+A variant *is* a LightningCLI fit config (``fit_config``: the campaign's base files layered, then dotted changes),
+built by the same parser and classes as ``python cli.py fit --config ...``, so any fit option can vary.
+``run_variant(config, folder, ...)`` returns a JSON-able record: the metrics and evaluation JSON of every held-out
+set (per-problem results, from which the steps compute intervals), the replay buffer's statistics and P2Value
+histogram, the adapter path and the timings. Untrained models (the RSR baseline, a big-to-small source) take the
+same path without the fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+
+from egcfg_pl.lightning.cli import run_lightning_cli
+from egcfg_pl.lightning.datamodule import BTPDataModule
+from egcfg_pl.lightning.held_out import held_out_test
+from egcfg_pl.lightning.refresh import ReplayRefresh
+from egcfg_pl.lightning.refresh_core import add_to_metric, score
+from egcfg_pl.metrics.p2value import P2ValueMetric
+from egcfg_pl.metrics.report import EvalReport
+from egcfg_pl.problems import ProblemSet
+from egcfg_pl.problems.problem import Problem
+from egcfg_pl.replay.experience import Experience
+
+log = logging.getLogger(__name__)
+
+
+def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
+    """``config["a"]["b"] = value`` for ``path`` ``a.b``, creating the mappings on the way."""
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = copy.deepcopy(value)
+
+
+def layer(config: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``changes`` on top: nested mappings merge key by key (as ``--config a --config b`` does),
+    dotted keys (``data.replay.strategy``) name one leaf, anything else (lists, scalars) replaces."""
+    out = copy.deepcopy(config)
+    for key, value in changes.items():
+        if "." in key:
+            set_dotted(out, key, value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and "class_path" not in value:
+            out[key] = layer(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def fit_config(files: list[str], *changes: dict[str, Any]) -> dict[str, Any]:
+    """The fit config the files give, layered in order, with each mapping of ``changes`` on top."""
+    config: dict[str, Any] = {}
+    for path in files:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"base {path}: a fit config is a YAML mapping (trainer:, model:, data:, refresh:)")
+        config = layer(config, loaded)
+    for change in changes:
+        config = layer(config, change)
+    return config
+
+
+class EmptyReplayError(RuntimeError):
+    """The first refresh stored nothing (e.g. sample-and-filter where no sampled program passed)."""
+
+
+class StopOnEmptyBuffer(L.Callback):
+    """Ends the fit before any optimizer step when the refresh left nothing drawable (listed after the
+    refresh callback, so it sees the filled buffer). Lightning tears down and re-raises the error."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        buffer = trainer.datamodule.buffer
+        if buffer.drawable() == 0:  # empty, or every kept program is excluded (e.g. all truncated under skip)
+            raise EmptyReplayError(
+                f"iteration {trainer.current_epoch}: no sampled program can be trained on ({len(buffer)} kept, "
+                f"replay.min_pass_rate={buffer.settings.min_pass_rate}, replay.truncated={buffer.settings.truncated})"
+                "; nothing to fine-tune on"
+            )
+
+
+class SharedSampleRefresh(ReplayRefresh):
+    """``ReplayRefresh`` that samples and tests a shard once per campaign while the sampling weights are
+    provably those every variant starts from: a frozen source model (any iteration), or the target before
+    its first optimizer step (a fresh LoRA adapter has B = 0, so it adds exactly nothing).
+
+    The candidates and verdicts are shared; each variant rebuilds its experiences with its own P2Value α
+    and possibility form, so the variants differ only in what they keep and replay. Built from the refresh the
+    fit config made (``refresh:``), so it runs with exactly those settings.
+    """
+
+    def __init__(self, refresh: ReplayRefresh, cache: dict[str, list[tuple[Any, Any]]]) -> None:
+        vars(self).update(vars(refresh))
+        self.cache = cache
+        self.reused = 0  # refreshes served from the cache in this fit
+
+    def _key(self, pl_module: Any, problems: list[Problem], epoch: int) -> str | None:
+        if self.source_api is not None or (self.source_model is None and pl_module.global_step > 0):
+            return None
+        model = self.source_model or pl_module.spec
+        precision = pl_module.trainer.precision
+        parts = (model, self.generation, pl_module.template, self.sandbox, precision, epoch, [p.id for p in problems])
+        return repr(parts)
+
+    def refresh(self, pl_module: Any, problems: Any, replay: Any, epoch: int) -> list[Experience]:
+        key = self._key(pl_module, list(problems), epoch)
+        if key is None:
+            return super().refresh(pl_module, problems, replay, epoch)
+        if key in self.cache:
+            self.reused += 1
+        else:
+            self.cache[key] = [(e.candidate, e.verdict) for e in super().refresh(pl_module, problems, replay, epoch)]
+        candidates, verdicts = zip(*self.cache[key]) if self.cache[key] else ((), ())
+        return score(candidates, verdicts, replay)
+
+
+def fit(cli: Any, folder: Path, cache: dict | None) -> dict[str, Any]:
+    """BTP iterations (refresh → replay → LoRA steps) with the Trainer the fit config built; the adapter goes to
+    ``folder/adapter``."""
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    refresh = next(cb for cb in trainer.callbacks if isinstance(cb, ReplayRefresh))
+    if cache is not None:
+        refresh = SharedSampleRefresh(refresh, cache)
+        trainer.callbacks[[type(cb) for cb in trainer.callbacks].index(ReplayRefresh)] = refresh
+    note = None
+    try:
+        trainer.fit(module, data)
+    except EmptyReplayError as error:
+        note = str(error)
+    return {
+        "optimizer_steps": int(trainer.global_step),
+        "note": note,
+        "refresh": {k: v for k, v in refresh.last_stats.items() if k.startswith("refresh/")},
+        "buffer": buffer_record(data),
+        "samples_shared": bool(getattr(refresh, "reused", 0)),
+        "experiences": str(folder / "experiences.jsonl"),
+        "adapter": str(module.adapter_dir()) if trainer.global_step else None,
+    }
+
+
+def buffer_record(data: BTPDataModule) -> dict[str, Any]:
+    """Buffer statistics, the P2Value histogram on [0, 1] (the bins of every evaluation report: ``P2ValueMetric``),
+    and which models wrote the stored candidates."""
+    items = data.buffer.experiences
+    histogram = add_to_metric(P2ValueMetric(), items)
+    return {
+        **{k.removeprefix("buffer/"): v for k, v in data.buffer.stats().items()},
+        "p2value_hist": {"edges": histogram.bin_edges.tolist(), "counts": histogram.histograms()["p2value"]},
+        "sources": sorted({e.candidate.source for e in items}),
+        "train_problems": len(data.train_problems),
+    }
+
+
+def run_variant(
+    config: dict[str, Any],
+    folder: Path,
+    held_out: dict[str, ProblemSet] | None = None,
+    train: bool = True,
+    cache: dict | None = None,
+    stop_if_empty: bool = False,
+) -> dict[str, Any]:
+    """Build the fit config's objects (seeded by its ``seed_everything``) with every output in ``folder``, fit
+    when ``train``, then test on each of ``held_out`` (default: the config's ``data.held_out``, named
+    ``held_out``); returns the record. Fit-time validation is off: the tests after the fit evaluate the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = {"trainer.default_root_dir": str(folder), "trainer.limit_val_batches": 0}
+    config = layer(config, runner if train else {**runner, "model.lora": None})
+    extra = {"trainer_defaults": {"callbacks": [StopOnEmptyBuffer()]}} if stop_if_empty else {}
+    cli = run_lightning_cli(config, run=False, **extra)
+    record: dict[str, Any] = {"trained": False, "optimizer_steps": 0, "seconds": {}}
+    start = time.perf_counter()
+    if train:
+        record.update(fit(cli, folder, cache))
+        record["trained"] = record["optimizer_steps"] > 0
+        record["seconds"]["fit"] = time.perf_counter() - start
+    record["evaluations"] = None  # no optimizer step: the weights are unchanged, the caller uses the untrained ones
+    if not train or record["trained"]:
+        start = time.perf_counter()
+        sets = held_out or {"held_out": cli.datamodule.held_out_set}
+        record["evaluations"] = {name: held_out_record(cli, problems, folder / "eval" / name) for name, problems in sets.items()}
+        record["seconds"]["evaluate"] = time.perf_counter() - start
+    record["held_out"] = next(iter(record["evaluations"].values())) if record["evaluations"] else None
+    record["model"] = asdict(cli.model.spec)
+    record["replay"] = asdict(cli.datamodule.buffer.settings)
+    seed = cli.config["seed_everything"]
+    record["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    del cli
+    gc.collect()
+    return record
+
+
+def held_out_record(cli: Any, problems: ProblemSet, folder: Path) -> dict[str, Any]:
+    """``trainer.test`` of the variant's weights on ``problems``; the evaluation JSON goes to ``folder``."""
+    trainer = cli.config["trainer"]
+    path = held_out_test(cli.model, problems, folder, cli.datamodule.hparams.eval_batch_size,
+                   accelerator=trainer["accelerator"], precision=trainer["precision"])
+    return {"eval_json": str(path), "metrics": EvalReport.from_json(path).metrics}
