@@ -265,13 +265,17 @@ def main(argv: list[str] | None = None) -> None:
     elif args.before is None and args.before_rev is None:
         parser.error("--before CHECKOUT or --before-rev REV is required (or --child OUT: the checkout in the cwd)")
     else:
+        comparison(args)
+
+
+def comparison(args: argparse.Namespace) -> None:
+    """``compare`` of ``--before`` (or the exported ``--before-rev``, removed afterwards) and ``--after``."""
+    before, commit = export(args.before_rev, args.data_dir) if args.before_rev else (args.before, args.before_commit)
+    try:
+        compare(before.resolve(), args.after.resolve(), commit, args.pairs, args.out, args.data_dir)
+    finally:
         if args.before_rev:
-            args.before, args.before_commit = export(args.before_rev, args.data_dir)
-        try:
-            compare(args.before.resolve(), args.after.resolve(), args.before_commit, args.pairs, args.out, args.data_dir)
-        finally:
-            if args.before_rev:
-                shutil.rmtree(args.before.parent, ignore_errors=True)
+            shutil.rmtree(before.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
