@@ -10,7 +10,7 @@ ifeq ($(origin EGCFG_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: install demo test test-fast bench bench-sandbox bench-sampling bench-eval clean
+.PHONY: install demo test test-fast bench bench-sandbox bench-sampling bench-eval bench-profile clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ bench-eval: $(STAMP)
 	  $(PY) -m benchmarks.eval_summary checkpoints/eval_$${set}_smollm2/eval_test_epoch0.json \
 	    benchmarks/results/eval_$${set}_smollm2.json --command "python cli.py test --config configs/eval_$${set}_smollm2.yaml" || exit 1; \
 	done
+
+# One demo-sized BTP iteration by phase, before the generation engine (74347da^) and now (a few minutes each).
+bench-profile: $(STAMP)
+	$(PY) -m benchmarks.iteration_profile --before-rev 74347da^ --after .
 
 bench: bench-sandbox bench-sampling
 
