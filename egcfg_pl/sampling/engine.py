@@ -129,12 +129,29 @@ class _Batch:
         """Drop the other rows, then the leading cache columns that are padding in every remaining row."""
         if len(keep) == len(self.rows):
             return
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
+        self.select(keep, [self.rows[i] for i in keep])
+
+    def select(self, source: list[int], rows: list[_Row]) -> None:
+        """The batch becomes ``rows``, row r continuing old row ``source[r]`` (beam search repeats rows); then the
+        leading cache columns that are padding in every remaining row are dropped.
+
+        With as many rows as before, only the rows whose source is another row are copied, in place: the beam
+        decoder keeps a beam in its parent's slot where it can, so most steps move a few rows of the cache (which
+        holds rows x layers x positions keys and values) instead of gathering all of it."""
+        count = len(self.rows)
+        self.rows = rows
+        if not source:
             self.cache = self.mask = self.pos = self.logits = None
             return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)
+        index = torch.tensor(source, device=self.mask.device)
+        if len(source) == count:
+            moved = [r for r, s in enumerate(source) if r != s]
+            if moved:
+                to, of = torch.tensor(moved, device=index.device), index[moved]
+                for layer in self.cache.layers:
+                    layer.keys[to], layer.values[to] = layer.keys[of], layer.values[of]
+        else:
+            self.cache.batch_select_indices(index)
         self.mask, self.pos, self.logits = self.mask[index], self.pos[index], self.logits[index]
         first = int(self.mask.any(0).int().argmax())
         if first > 0:
