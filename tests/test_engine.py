@@ -149,8 +149,10 @@ def test_budget_by_source_validated():
         GenerationSettings(max_new_tokens_by_source={"mbpp": 0})
 
 
-@pytest.mark.parametrize(("strategy", "choice", "expected"), [("greedy", "auto", "eager"), ("beam", "auto", "eager"),
-                                                         ("greedy", None, "sdpa")])
+@pytest.mark.parametrize(
+    ("strategy", "choice", "expected"),
+    [("greedy", "auto", "egcfg_grouped"), ("beam", "auto", "egcfg_grouped"), ("greedy", None, "sdpa")],
+)
 def test_decoding_attention_is_set_and_restored(tiny, mixed, strategy, choice, expected):
     model, tok = tiny
     before = model.config._attn_implementation

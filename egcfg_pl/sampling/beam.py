@@ -33,6 +33,7 @@ from egcfg_pl.sampling.beam_engine import BeamDecoder
 from egcfg_pl.sampling.beam_scores import BeamLogprobRecorder
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request, attention
+from egcfg_pl.sampling.grouped_attention import cpu_attention
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
@@ -336,10 +337,11 @@ class HFSampler:
         return ordered
 
     def _attention(self) -> str | None:
-        """``settings.attention`` resolved: ``auto`` is eager on CPU, the model's own implementation elsewhere."""
+        """``settings.attention`` resolved: ``auto`` is eager on CPU (its grouped-query form where the model has one,
+        ``grouped_attention``), the model's own implementation elsewhere."""
         if self.settings.attention != "auto":
             return self.settings.attention
-        return "eager" if next(self.model.parameters()).device.type == "cpu" else None
+        return cpu_attention(self.model) if next(self.model.parameters()).device.type == "cpu" else None
 
     def _continuous(self) -> bool:
         return self.settings.continuous

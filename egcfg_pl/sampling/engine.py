@@ -31,6 +31,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from egcfg_pl.sampling.grouped_attention import cpu_attention
+
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"  # 5.x name
 
 
@@ -223,7 +225,8 @@ class ContinuousDecoder:
         self.slots = max(1, slots)
         self.picker = picker or Picker()
         self.device = next(model.parameters()).device
-        self.attention = ("eager" if self.device.type == "cpu" else None) if attention == "auto" else attention
+        cpu = cpu_attention(model) if self.device.type == "cpu" else None
+        self.attention = cpu if attention == "auto" else attention
 
     def run(self, requests: Sequence[Request], on_done: Callable[[int], None] | None = None) -> list[Decoded]:
         """Every request's rows, in request order then copy order. ``on_done(i)`` fires when request i ends."""

@@ -49,7 +49,8 @@ class GenerationSettings:
     stop strings, ``[]`` = stop on EOS only. The text after the stop string is cut."""
     attention: str | None = "auto"
     """Attention implementation while decoding: ``auto`` = ``eager`` on CPU (torch's CPU SDPA kernel took half of a
-    decode step, see benchmarks/README.md) and the model's own elsewhere; a transformers name (``sdpa``,
+    decode step, see benchmarks/README.md), in its grouped-query form that reads the KV cache in place for
+    Llama-like models (``sampling.grouped_attention``), and the model's own elsewhere; a transformers name (``sdpa``,
     ``eager``, ...) forces one; ``None`` leaves the model's. Restored after each ``sample`` call."""
     progress: bool = True
     """Show a tqdm progress bar over problems."""
