@@ -10,7 +10,7 @@ import torch
 
 from egcfg_pl.prompts import PromptTemplate, build_prompt
 from egcfg_pl.sampling.beam import HFSampler, encode_prompt
-from egcfg_pl.sampling.beam_engine import BeamDecoder
+from egcfg_pl.sampling.beam_engine import BeamDecoder, stay_put
 from egcfg_pl.sampling.engine import ContinuousDecoder, Request
 from tests.test_beam import assert_matches_forward, settings
 from tests.test_engine import NoStop, count_rows, mixed, tiny  # noqa: F401 (fixtures)
@@ -161,3 +161,10 @@ def test_decoder_settings_are_validated():
         BeamDecoder(torch.nn.Linear(1, 1), [0], 0, problems=2, num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="num_beams"):
         BeamDecoder(torch.nn.Linear(1, 1), [0], 0, problems=2, num_beams=0)
+
+
+def test_a_beam_stays_in_its_parents_row_where_it_can():
+    assert stay_put([0, 1, 2]) == [0, 1, 2]
+    assert stay_put([1, 0, 2]) == [1, 0, 2]  # reordered by score, no row moves
+    assert stay_put([0, 0, 2]) == [0, 1, 2]  # the second child of row 0 takes the free row 1
+    assert stay_put([2, 2, 2]) == [2, 0, 1]

@@ -12,7 +12,9 @@ Attention: on CPU the decoder runs the model with ``eager`` attention (``HFSampl
 ``GenerationSettings.attention``). torch's CPU SDPA kernel
 (``_scaled_dot_product_flash_attention_for_cpu``) spent 56 % of a bf16 decode step (16 rows, one query over ~200
 keys) where eager attention's two small matmuls cost a fraction of it: the step took half the time (see
-benchmarks/README.md). The implementation is switched back after the run.
+benchmarks/README.md). For grouped-query Llama-like models it is eager's grouped form
+(``grouped_attention``), which reads the KV cache in place instead of copying it per query head at every step.
+The implementation is switched back after the run.
 
 Log-probs: each kept token's ``log p`` under the model (T = 1, no warping) is taken from the same fp32 logits the
 token is chosen from, so ``Σ log p`` over the kept tokens equals a teacher-forced forward pass (tested to 1e-3)
