@@ -8,8 +8,10 @@ or AMX, else float32; ``--dtype``) and runs, for each workload, on the same prom
 * ``generate``: plain batched ``model.generate`` (batches of ``--batch-size``, length buckets, stop strings), no
   log-probs: the anchor;
 * ``generate+rescore``: the same plus the teacher-forced re-score (the project before the engine);
-* ``engine``: the project's sampler now (``HFSampler`` default settings: continuous batching for greedy and
-  sampling, ``model.generate`` + re-score for beam).
+* ``generate+recorded`` (beam only): ``model.generate`` with the log-probs recorded during the search
+  (``beam_scores``; ``continuous: false``), the project's beam path before its engine;
+* ``engine``: the project's sampler now (``HFSampler`` default settings: continuous batching for every strategy,
+  beam search on ``beam_engine.BeamDecoder``).
 
 Columns: kept tokens (returned candidates, through EOS / the stop string), total tokens (every position the
 model ran, padding and re-score included), seconds, kept and total tokens/s, speed-up over the anchor, and the
@@ -74,6 +76,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="problems per batch (greedy evaluation)")
     parser.add_argument("--engine-batch-sizes", nargs="*", type=int, default=[32],
                         help="extra engine rows with more problems in flight (greedy)")
+    parser.add_argument("--beam-engine-batch-sizes", nargs="*", type=int, default=[],
+                        help="extra engine rows with more problems in flight (beam)")
     parser.add_argument("--data-dir", default=os.environ.get("EGCFG_DATA_DIR"),
                         help="folder with mbpp.jsonl etc. (default: $EGCFG_DATA_DIR; else the hub)")
     parser.add_argument("--path", default=None, help="a local dataset file for the beam workload")
@@ -141,10 +145,14 @@ def old_paths(generate_only: bool) -> Iterator[None]:
         beam.sequence_logprobs, HFSampler._beam_recorder = saved
 
 
-def sampler_row(label, model, tokenizer, problems, settings, old: bool = False, generate_only: bool = False) -> Row:
-    """``old``: the pre-engine path (``model.generate`` per batch with the model's own attention, re-score)."""
+def sampler_row(label, model, tokenizer, problems, settings, old: bool = False, generate_only: bool = False,
+                recorded: bool = False) -> Row:
+    """``old``: the pre-engine path (``model.generate`` per batch with the model's own attention, re-score);
+    ``recorded``: beam through ``model.generate`` with recorded log-probs (``continuous: false``, as configured)."""
     if old:
         settings = dataclasses.replace(settings, continuous=False, attention=None)
+    if recorded:
+        settings = dataclasses.replace(settings, continuous=False)
     sampler = HFSampler(model, tokenizer, settings, name="bench")
     with count_positions(model) as seen:
         if old:
@@ -231,12 +239,16 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
     rows.append(anchor)
     before = sampler_row("generate + re-score (before)", model, tokenizer, problems, settings, old=True)
     rows.append(before)
+    beam = settings.strategy == "beam"
+    if beam:
+        previous = sampler_row("generate + recorded log-probs (previous)", model, tokenizer, problems, settings,
+                               recorded=True)
+        rows.append(previous)
     engine = sampler_row("engine (project now)", model, tokenizer, problems, settings)
     rows.append(engine)
-    if settings.strategy != "beam":
-        for size in args.engine_batch_sizes:
-            rows.append(sampler_row(f"engine, {size} problems in flight", model, tokenizer, problems,
-                                    dataclasses.replace(settings, batch_size=size)))
+    for size in args.beam_engine_batch_sizes if beam else args.engine_batch_sizes:
+        rows.append(sampler_row(f"engine, {size} problems in flight", model, tokenizer, problems,
+                                dataclasses.replace(settings, batch_size=size)))
     if args.dump:
         dump(Path(args.dump).with_suffix(f".{settings.strategy}.json"), engine.generations, problems)
     print(f"load average after: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -244,13 +256,18 @@ def run_workload(name: str, args, model, fp32, tokenizer, problems, settings: Ge
     same = sum(a.token_ids == b.token_ids for a, b in zip(engine.generations, before.generations))
     print(f"engine vs generate+re-score: identical candidates {same}/{len(engine.generations)}; "
           f"truncated {sum(g.truncated for g in engine.generations)} vs {sum(g.truncated for g in before.generations)}")
+    if beam:
+        same = sum(a.token_ids == b.token_ids for a, b in zip(engine.generations, previous.generations))
+        print(f"engine vs generate + recorded log-probs: identical candidates {same}/{len(engine.generations)}; "
+              f"kept tok/s ratio engine / previous {engine.kept_per_s / previous.kept_per_s:.2f}, "
+              f"engine / anchor {engine.kept_per_s / anchor.kept_per_s:.2f}")
     if args.pass_at_1 and settings.strategy == "greedy":
         solved = {r.label: solved_problems(r.generations, problems) for r in (before, engine)}
         a, b = solved[before.label], solved[engine.label]
         print(f"pass@1 (greedy, sandbox): before {len(a)}/{len(problems)}, engine {len(b)}/{len(problems)}; "
               f"only before: {sorted(a - b)}, only engine: {sorted(b - a)}")
     if fp32 is not model:
-        for r in (before, engine):
+        for r in (before, previous, engine) if beam else (before, engine):
             worst, mean = logprob_error(r.generations, fp32, tokenizer, problems)
             print(f"{r.label}: |stored {args.dtype} logprob - fp32 teacher forcing| max {worst:.4f}, mean {mean:.4f}")
     if args.fp32_check and settings.strategy == "greedy":

@@ -149,8 +149,10 @@ def test_budget_by_source_validated():
         GenerationSettings(max_new_tokens_by_source={"mbpp": 0})
 
 
-@pytest.mark.parametrize(("strategy", "choice", "expected"), [("greedy", "auto", "eager"), ("beam", "auto", "eager"),
-                                                         ("greedy", None, "sdpa")])
+@pytest.mark.parametrize(
+    ("strategy", "choice", "expected"),
+    [("greedy", "auto", "egcfg_grouped"), ("beam", "auto", "egcfg_grouped"), ("greedy", None, "sdpa")],
+)
 def test_decoding_attention_is_set_and_restored(tiny, mixed, strategy, choice, expected):
     model, tok = tiny
     before = model.config._attn_implementation
@@ -166,10 +168,11 @@ def test_decoding_attention_is_set_and_restored(tiny, mixed, strategy, choice, e
 
 
 def test_beam_logprobs_recorded_by_the_search_without_rescore(tiny, mixed, monkeypatch):
+    """The ``generate`` beam path (``continuous: false``) records its log-probs during the search."""
     import egcfg_pl.sampling.beam as beam
 
     model, tok = tiny
-    s = settings(strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=6, batch_size=2)
+    s = settings(strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=6, batch_size=2, continuous=False)
     reference = HFSampler(model, tok, s).generate(mixed[:3])
 
     def no_rescore(*args, **kwargs):

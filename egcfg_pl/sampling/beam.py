@@ -4,14 +4,15 @@ Each candidate's possibility comes from the model itself: ``logprob = Σ_i log p
 generated tokens that were kept (through the EOS or the token that completed a stop string; padding
 excluded), i.e. log P(t) with P(t) = Π p(token) as in the paper (stored once, never length-normalised).
 
-Greedy and nucleus sampling run on the continuous-batching engine (``engine.ContinuousDecoder``), which reads
-each kept token's log p (T = 1, unwarped) off the logits it decodes from. Beam search (and the reference path,
-``continuous: false``) runs ``model.generate`` per batch and recomputes the log-prob by teacher forcing over
-prompt + kept tokens (``sequence_logprobs``): HF's beam ``sequences_scores`` are divided by
-length**length_penalty, sampling scores are temperature/top-p warped, and a stop string can end inside a token,
-so the search's own scores are not the model's probability of what we keep. Keeping the search's per-step
-scores instead would hold steps x rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k
-vocabulary).
+Greedy and nucleus sampling run on the continuous-batching engine (``engine.ContinuousDecoder``), beam search
+on its beam variant (``beam_engine.BeamDecoder``, transformers' beam search per problem); both read each kept
+token's log p (T = 1, unwarped) off the logits they decode from. The reference path (``continuous: false``, or a
+model whose cache the engine cannot re-lay out) runs ``model.generate`` per batch: beam search records its
+log-probs during the search (``beam_scores``), sampling recomputes them by teacher forcing over prompt + kept
+tokens (``sequence_logprobs``): HF's beam ``sequences_scores`` are divided by length**length_penalty, sampling
+scores are temperature/top-p warped, and a stop string can end inside a token, so the search's own scores are
+not the model's probability of what we keep. Keeping the search's per-step scores instead would hold steps x
+rows x vocab floats (~1 GB for beam 5 x 8 problems x 128 tokens with a 49k vocabulary).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.prompts import PromptTemplate, build_prompt, extract_program, stop_strings
 from egcfg_pl.sampling.base import derive_seed
+from egcfg_pl.sampling.beam_engine import BeamDecoder
 from egcfg_pl.sampling.beam_scores import BeamLogprobRecorder
 from egcfg_pl.sampling.candidate import Candidate
 from egcfg_pl.sampling.engine import CACHE_FIELD, ContinuousDecoder, Picker, Request, attention
+from egcfg_pl.sampling.grouped_attention import cpu_attention
 from egcfg_pl.sampling.merged_lora import merged_lora
 from egcfg_pl.sampling.settings import GenerationSettings
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on the fp32 logits of one rescoring forward pass
 RESCORE_ROWS = 64  # rows re-scored together (the KV cache of these rows is held at once, as in generation)
+BEAM_LENGTH_PENALTY = 1.0  # transformers' default, on both beam paths (the engine's and ``generate``'s)
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,8 @@ def generation_config(settings: GenerationSettings, pad_id: int, eos_ids: list[i
             do_sample=False,
             num_beams=settings.num_beams,
             num_return_sequences=settings.num_return_sequences,
-            length_penalty=1.0,
+            length_penalty=BEAM_LENGTH_PENALTY,
+            early_stopping=False,  # BeamDecoder's default too
         )
     if settings.strategy == "greedy":
         return GenerationConfig(**common, do_sample=False, num_beams=1, num_return_sequences=1)
@@ -268,12 +273,13 @@ class HFSampler:
     """Samples candidate programs from a local HF causal LM (a PeftModel works: the LoRA weights are used).
 
     ``sample`` decodes with ``settings.strategy`` and cuts each continuation at EOS / the first stop string
-    (or its dataset's token budget, ``truncated``). Greedy and nucleus sampling run on the continuous-batching
-    engine, which reads the log-probs off its own logits; beam search runs ``model.generate`` per batch of
-    problems (left padding, length buckets) and records its log-probs during the search (``beam_scores``), with
-    teacher forcing for anything unrecorded. Decoding uses ``settings.attention`` (eager on CPU). The model
-    runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back afterwards; a LoRA
-    adapter is folded into the base weights while it runs (``settings.merge_lora``, see ``merged_lora``).
+    (or its dataset's token budget, ``truncated``). Every strategy runs on the continuous-batching engine, which
+    reads the log-probs off its own logits (``settings.continuous``); the reference path runs ``model.generate``
+    per batch of problems (left padding, length buckets), beam search recording its log-probs during the search
+    (``beam_scores``), teacher forcing for anything unrecorded. Decoding uses ``settings.attention`` (eager on
+    CPU). The model runs in eval mode under ``torch.no_grad`` and gets its previous train/eval mode back
+    afterwards; a LoRA adapter is folded into the base weights while it runs (``settings.merge_lora``, see
+    ``merged_lora``).
     """
 
     def __init__(
@@ -331,28 +337,36 @@ class HFSampler:
         return ordered
 
     def _attention(self) -> str | None:
-        """``settings.attention`` resolved: ``auto`` is eager on CPU, the model's own implementation elsewhere."""
+        """``settings.attention`` resolved: ``auto`` is eager on CPU (its grouped-query form where the model has one,
+        ``grouped_attention``), the model's own implementation elsewhere."""
         if self.settings.attention != "auto":
             return self.settings.attention
-        return "eager" if next(self.model.parameters()).device.type == "cpu" else None
+        return cpu_attention(self.model) if next(self.model.parameters()).device.type == "cpu" else None
 
     def _continuous(self) -> bool:
-        return self.settings.continuous and self.settings.strategy in ("greedy", "sample")
+        return self.settings.continuous
 
     def _decode_continuous(
         self, problems: Sequence[Problem], prompts: list[list[int]], bar
     ) -> dict[int, list[Generation]]:
-        """Greedy / nucleus sampling on the continuous-batching engine; {} when the model's cache is not one it
-        can re-lay out (the caller then takes the ``generate`` path)."""
+        """Every strategy on the continuous-batching engine (beam search: ``beam_engine.BeamDecoder``); {} when the
+        model's cache is not one it can re-lay out (the caller then takes the ``generate`` path)."""
         s = self.settings
-        per = s.candidates_per_problem
+        per = 1 if s.strategy == "beam" else s.candidates_per_problem  # beam rows are the decoder's own
         trackers = [self.tracker(p) for p in problems]
         requests = [
             Request(tuple(prompt), tracker, s.budget(p.source), per)
             for p, prompt, tracker in zip(problems, prompts, trackers)
         ]
-        picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
-        decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, s.batch_size * per, picker, attention=None)
+        if s.strategy == "beam":
+            decoder = BeamDecoder(
+                self.model, self.eos_ids, self.pad_id, s.batch_size, s.num_beams, s.num_return_sequences,
+                length_penalty=BEAM_LENGTH_PENALTY, attention=None,
+            )
+        else:
+            picker = Picker() if s.strategy == "greedy" else Picker(s.temperature, s.top_p)
+            rows = s.batch_size * per
+            decoder = ContinuousDecoder(self.model, self.eos_ids, self.pad_id, rows, picker, attention=None)
         start = time.perf_counter()
         try:
             decoded = decoder.run(requests, on_done=lambda i: bar.update(1))

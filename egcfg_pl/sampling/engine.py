@@ -12,7 +12,9 @@ Attention: on CPU the decoder runs the model with ``eager`` attention (``HFSampl
 ``GenerationSettings.attention``). torch's CPU SDPA kernel
 (``_scaled_dot_product_flash_attention_for_cpu``) spent 56 % of a bf16 decode step (16 rows, one query over ~200
 keys) where eager attention's two small matmuls cost a fraction of it: the step took half the time (see
-benchmarks/README.md). The implementation is switched back after the run.
+benchmarks/README.md). For grouped-query Llama-like models it is eager's grouped form
+(``grouped_attention``), which reads the KV cache in place instead of copying it per query head at every step.
+The implementation is switched back after the run.
 
 Log-probs: each kept token's ``log p`` under the model (T = 1, no warping) is taken from the same fp32 logits the
 token is chosen from, so ``Σ log p`` over the kept tokens equals a teacher-forced forward pass (tested to 1e-3)
@@ -30,6 +32,8 @@ from typing import Protocol
 import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from egcfg_pl.sampling.grouped_attention import cpu_attention
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"  # 5.x name
 
@@ -129,12 +133,29 @@ class _Batch:
         """Drop the other rows, then the leading cache columns that are padding in every remaining row."""
         if len(keep) == len(self.rows):
             return
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
+        self.select(keep, [self.rows[i] for i in keep])
+
+    def select(self, source: list[int], rows: list[_Row]) -> None:
+        """The batch becomes ``rows``, row r continuing old row ``source[r]`` (beam search repeats rows); then the
+        leading cache columns that are padding in every remaining row are dropped.
+
+        With as many rows as before, only the rows whose source is another row are copied, in place: the beam
+        decoder keeps a beam in its parent's slot where it can, so most steps move a few rows of the cache (which
+        holds rows x layers x positions keys and values) instead of gathering all of it."""
+        count = len(self.rows)
+        self.rows = rows
+        if not source:
             self.cache = self.mask = self.pos = self.logits = None
             return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)
+        index = torch.tensor(source, device=self.mask.device)
+        if len(source) == count:
+            moved = [r for r, s in enumerate(source) if r != s]
+            if moved:
+                to, of = torch.tensor(moved, device=index.device), index[moved]
+                for layer in self.cache.layers:
+                    layer.keys[to], layer.values[to] = layer.keys[of], layer.values[of]
+        else:
+            self.cache.batch_select_indices(index)
         self.mask, self.pos, self.logits = self.mask[index], self.pos[index], self.logits[index]
         first = int(self.mask.any(0).int().argmax())
         if first > 0:
@@ -206,7 +227,8 @@ class ContinuousDecoder:
         self.slots = max(1, slots)
         self.picker = picker or Picker()
         self.device = next(model.parameters()).device
-        self.attention = ("eager" if self.device.type == "cpu" else None) if attention == "auto" else attention
+        cpu = cpu_attention(model) if self.device.type == "cpu" else None
+        self.attention = cpu if attention == "auto" else attention
 
     def run(self, requests: Sequence[Request], on_done: Callable[[int], None] | None = None) -> list[Decoded]:
         """Every request's rows, in request order then copy order. ``on_done(i)`` fires when request i ends."""

@@ -33,9 +33,12 @@ class GenerationSettings:
     """Problems decoded together; each expands to num_beams (or num_return_sequences) rows. With ``continuous``
     it is the number of problems in flight: a finished row's slot goes to the next problem at once."""
     continuous: bool = True
-    """``greedy`` and ``sample`` decode with the continuous-batching engine (``sampling.engine``: finished rows
-    leave the batch, log-probs read off the decoding logits, no re-score pass). False = ``model.generate`` per
-    batch plus a teacher-forced re-score (the reference path). ``beam`` always uses ``model.generate``."""
+    """Decode with the continuous-batching engine (``sampling.engine``; ``beam``: ``sampling.beam_engine``, the
+    same search as ``generate``'s per problem): finished rows leave the batch, log-probs are read off the decoding
+    logits, no re-score pass. False (the reference path) = ``model.generate`` per batch, ``beam`` with its
+    log-probs recorded during the search (``sampling.beam_scores``), ``greedy`` / ``sample`` with a teacher-forced
+    re-score. A model whose KV cache the engine cannot re-lay out (not a plain ``DynamicCache``) takes the
+    reference path whatever this says."""
     seed: int = 0
     """``sample`` reseeds torch from (seed, iteration, rank, chunk) on every call (``sampling.base.derive_seed``;
     the global RNG is restored after)."""
@@ -46,7 +49,8 @@ class GenerationSettings:
     stop strings, ``[]`` = stop on EOS only. The text after the stop string is cut."""
     attention: str | None = "auto"
     """Attention implementation while decoding: ``auto`` = ``eager`` on CPU (torch's CPU SDPA kernel took half of a
-    decode step, see benchmarks/README.md) and the model's own elsewhere; a transformers name (``sdpa``,
+    decode step, see benchmarks/README.md), in its grouped-query form that reads the KV cache in place for
+    Llama-like models (``sampling.grouped_attention``), and the model's own elsewhere; a transformers name (``sdpa``,
     ``eager``, ...) forces one; ``None`` leaves the model's. Restored after each ``sample`` call."""
     progress: bool = True
     """Show a tqdm progress bar over problems."""
