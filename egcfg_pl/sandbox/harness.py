@@ -1,6 +1,6 @@
 """The children of the fork server: enter the jail, then run the program, or run the tests.
 
-Everything here runs in a forked child. ``_enter_child`` orders the steps (session, descriptors,
+Everything here runs in a forked child. ``enter_child`` orders the steps (session, descriptors,
 limits, uid drop, ``no_new_privs``, audit hook) so that nothing privileged is left when the first line
 of dataset or model code runs. For assert/call tests there are two children per run: the program's
 (``child_program``: runs the program, then answers calls, ``remote.serve``) and the tests'
@@ -40,13 +40,13 @@ def _audit_hook(event, args):
             raise PermissionError(f"{path} is not available in the sandbox")
 
 
-def _enter_child(job, fds, workdir, uid, oom_score=0, audit=True):
+def enter_child(job, fds, workdir, uid, oom_score=0, audit=True):
     """New session, descriptors (``fds``: target -> source, 0-2 included), limits, privileges, then the
     audit hook. Order matters."""
     os.setsid()
     _place_fds(fds)
     os.chdir(workdir)
-    _set_oom_score(oom_score)  # the program, not the server or the tests, is what the OOM killer should pick
+    set_oom_score(oom_score)  # the program, not the server or the tests, is what the OOM killer should pick
     os.environ.clear()
     os.environ.update(job["env"], HOME=workdir, TMPDIR=workdir)
     lim = job["limits"]
@@ -89,7 +89,7 @@ def _place_fds(fds):
     os.closerange(low, 65536)
 
 
-def _set_oom_score(value):
+def set_oom_score(value):
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(value))
@@ -100,7 +100,7 @@ def _set_oom_score(value):
 _DEVNULL = None
 
 
-def _devnull():
+def open_devnull():
     global _DEVNULL
     if _DEVNULL is None:
         _DEVNULL = os.open("/dev/null", os.O_RDWR)
@@ -125,7 +125,7 @@ def _no_new_privs():
         raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
-def _make_reporter(fd, nonce):
+def make_reporter(fd, nonce):
     """``report(msg, ...)``: one write of nonce-prefixed JSON lines (the program cannot patch what this
     closure captured before it ran)."""
     write, dumps = os.write, json.dumps

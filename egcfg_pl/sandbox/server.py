@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 
-from egcfg_pl.sandbox.harness import _devnull, _enter_child, _make_reporter, _set_oom_score  # inlined
+from egcfg_pl.sandbox.harness import open_devnull, enter_child, make_reporter, set_oom_score  # inlined
 from egcfg_pl.sandbox.harness import child_program, child_stdio, load_libc, read_exact, tester_main  # inlined
 from egcfg_pl.sandbox.rootfs import setup_root  # inlined
 
@@ -104,7 +104,7 @@ class Server:
         if pid == 0:  # child
             code = 0
             try:
-                _enter_child(job, fds, workdir, uid, oom_score, audit)
+                enter_child(job, fds, workdir, uid, oom_score, audit)
                 body()
             except BaseException:
                 code = 70
@@ -117,7 +117,7 @@ class Server:
         nonce = secrets.token_hex(16)
         r, w = os.pipe()
         fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
-        pid = self.spawn(job, workdir, lambda: body(_make_reporter(fd, nonce)), {**fds, fd: w},
+        pid = self.spawn(job, workdir, lambda: body(make_reporter(fd, nonce)), {**fds, fd: w},
                          uid, oom_score, audit)
         os.close(w)
         return pid, r, nonce
@@ -286,7 +286,7 @@ class Server:
     def spawn_round(self, job, start, workdir):
         """Fork the program's process (the server holds no test code), then hand the test process the
         two pipe ends of this round; returns the program's pid."""
-        devnull = _devnull()
+        devnull = open_devnull()
         to_prog_r, to_prog_w = os.pipe()
         to_test_r, to_test_w = os.pipe()
         program = self.spawn(job, workdir, lambda: child_program(job, 3, 4),
@@ -324,9 +324,9 @@ class Server:
         fd = secrets.randbelow(job["limits"]["nofile"] - 40) + 20
         workdir = self.make_workdir(self.cfg["test_uid"])
         tjob = dict(job, limits=dict(job["limits"], cpu_s=resource.RLIM_INFINITY))
-        devnull = _devnull()
+        devnull = open_devnull()
         fds = {0: devnull, 1: devnull, 2: devnull, 3: theirs.fileno(), 4: self.host_fd, fd: w}
-        pid = self.spawn(tjob, workdir, lambda: tester_main(3, 4, _make_reporter(fd, nonce)), fds,
+        pid = self.spawn(tjob, workdir, lambda: tester_main(3, 4, make_reporter(fd, nonce)), fds,
                          self.cfg["test_uid"], -500, False)
         theirs.close()
         os.close(w)
@@ -415,7 +415,7 @@ class Server:
             return None
 
         t0 = time.perf_counter()
-        fds = {0: in_r, 1: out_w, 2: _devnull()}
+        fds = {0: in_r, 1: out_w, 2: open_devnull()}
         body = lambda report: child_stdio(job, report)  # noqa: E731
         pid, r, nonce = self.spawn_reporting(job, workdir, body, fds, self.cfg["uid"])
         os.close(in_r)
@@ -536,7 +536,7 @@ def _death(outcome, wstatus, timeout):
 def main():
     cfg = json.loads(sys.argv[1])
     load_libc()
-    _set_oom_score(-1000)
+    set_oom_score(-1000)
     if cfg["chroot"]:
         setup_root(cfg)
     else:
