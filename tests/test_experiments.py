@@ -226,7 +226,8 @@ def test_rerun_skips_finished_steps_and_force_redoes_one(campaign, monkeypatch):
     def no_runs(*args, **kwargs):
         raise AssertionError("a finished step ran again")
 
-    monkeypatch.setattr("egcfg_pl.experiments.campaign.run_variant", no_runs)
+    monkeypatch.setattr("egcfg_pl.experiments.campaign.fit_variant", no_runs)
+    monkeypatch.setattr("egcfg_pl.experiments.campaign.test_variant", no_runs)
     main(["--config", str(config), "--log_level", "WARNING"])
     assert stamps == {s: (folder / f"{s}.json").stat().st_mtime_ns for s in STEPS}
     assert (folder / "report.md").is_file()

@@ -154,3 +154,45 @@ def write_report(folder: Path, results: dict[str, dict[str, Any]], header: list[
     for result in results.values():
         lines += step_section(result, folder)
     return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def plot_learning_curves(chosen: dict[str, Any], path: Path) -> Path | None:
+    """Validation pass@1 per BTP iteration, one line per trained variant, the chosen iteration circled."""
+    curves = [(name, entry) for name, entry in chosen.items() if entry.get("curve")]
+    if not curves:
+        return None
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for name, entry in curves:
+        x = [p["iteration"] for p in entry["curve"]]
+        line, = ax.plot(x, [p["pass@1"] for p in entry["curve"]], marker=".", label=name)
+        pick = entry.get("validation")
+        if pick:
+            ax.plot([pick["iteration"]], [pick["pass@1"]], "o", mfc="none", ms=10, color=line.get_color())
+    ax.set_xlabel("BTP iteration")
+    ax.set_ylabel("validation pass@1")
+    ax.set_title("Learning curves (circled: the chosen iteration)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def selection_lines(chosen: dict[str, Any], folder: Path) -> list[str]:
+    """The chosen iteration per variant and the learning curves (table and PNG)."""
+    lines = ["## Model selection on validation (chosen.yaml)", "",
+             "| variant | chosen iteration | val pass@1 | val avg pass rate | val pass@1 per iteration |", "|---|---|---|---|---|"]
+    for name, entry in chosen.items():
+        pick = entry.get("validation") or {}
+        curve = ", ".join(f"{p['pass@1']:.3f}" for p in entry.get("curve") or [])
+        it = entry.get("iteration")
+        lines.append(f"| {name} | {'– (no optimizer step)' if it is None else it} | {pick.get('pass@1', float('nan')):.3f}"
+                     f" | {pick.get('avg_pass_rate', float('nan')):.3f} | {curve} |")
+    plot = plot_learning_curves(chosen, folder / "learning_curves.png")
+    lines += ["", f"![learning curves]({plot.name})" if plot else "", ""]
+    return lines
+
+
+def write_selection_report(folder: Path, chosen: dict[str, Any]) -> Path:
+    """``folder/selection.md``: what ``--until selection`` decided, before any test set was evaluated."""
+    lines = ["# BTP campaign: model selection (no test set evaluated yet)", "", *selection_lines(chosen, folder)]
+    return atomic_write_text(folder / "selection.md", "\n".join(lines) + "\n")

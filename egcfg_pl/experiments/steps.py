@@ -1,7 +1,7 @@
 """The campaign's steps as lists of variants of the base run, and how a step's results are assembled.
 
 A variant is the campaign's fit config with a few options changed (``changes``, dotted fit-config paths such
-as ``data.replay.strategy``); every variant goes through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
+as ``data.replay.strategy``); every variant goes through the same ``fit_variant`` / ``test_variant`` path. The untrained target, evaluated once, is each step's baseline:
 RSR (pass@1 ratio), paired differences with (unadjusted) 95% intervals and the paired exact test
 (McNemar for pass/fail) are taken against it; the tests' p-values are Holm-adjusted across the step's
 variants, since one step compares many variants with the same baseline.

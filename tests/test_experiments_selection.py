@@ -1,0 +1,92 @@
+"""Model selection in a campaign (PROTOCOL.md), on tiny random models: validation after every iteration, one
+adapter per iteration, chosen.yaml before any test set (``until: selection``), the chosen adapter tested, the
+shared iteration-0 samples on disk, the compact answers per variant and set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egcfg_pl.experiments.campaign import main
+from egcfg_pl.experiments.selection import choose
+from egcfg_pl.experiments.shared_samples import SampleStore
+
+from btp_helpers import SHARED_MBPP
+from test_experiments import one_torch_thread, tiny_spec
+
+
+def selection_spec(root: Path, target: Path, source: Path) -> dict:
+    spec = tiny_spec(root, target, source)
+    spec["fit"]["trainer"]["max_epochs"] = 2
+    spec["validation"] = {"dataset": "mbpp", "split": "validation", "path": str(SHARED_MBPP), "limit": 2}
+    spec["held_out"] = {"mbpp_test": spec["held_out"]["mbpp_test"]}
+    spec["steps"] = ["step2_btp"]
+    spec["name"] = "tiny_selection"
+    return spec
+
+
+@pytest.fixture(scope="module")
+def selected(tmp_path_factory, tiny_model_dir, tiny_source_dir):
+    """``until: selection`` first (fits only), then the same campaign without it (tests the chosen adapters)."""
+    root = tmp_path_factory.mktemp("results")
+    spec = selection_spec(root, tiny_model_dir, tiny_source_dir)
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps({**spec, "until": "selection"}))
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    folder = root / "tiny_selection"
+    before = {p.name for p in folder.iterdir()}
+    chosen_text = (folder / "chosen.yaml").read_text()
+    runs = list((folder / "runs").iterdir())
+    tested_before = [r for r in runs if (r / "eval").exists()]
+    config.write_text(json.dumps(spec))
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    return folder, before, chosen_text, tested_before
+
+
+def test_until_selection_fits_validates_and_writes_chosen_yaml_before_any_test(selected):
+    folder, before, chosen_text, tested_before = selected
+    assert "chosen.yaml" in before and "selection.md" in before and "step2_btp.json" not in before
+    assert tested_before == []  # no test set was evaluated by the selection run
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp"]
+    run = folder / "runs" / chosen["key"]
+    assert [p["iteration"] for p in chosen["curve"]] == [0, 1]
+    for epoch in (0, 1):
+        assert (run / f"eval_val_epoch{epoch}.json").is_file()
+        assert (run / f"adapter_epoch{epoch}" / "adapter_config.json").is_file()
+    assert chosen["iteration"] == choose(chosen["curve"])["iteration"]
+    assert chosen["adapter"].endswith(f"adapter_epoch{chosen['iteration']}")
+
+
+def test_the_test_run_evaluates_the_chosen_adapter_and_writes_answers(selected):
+    folder, _, chosen_text, _ = selected
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp"]
+    assert (folder / "chosen.yaml").read_text() == chosen_text  # the committed selection is not rewritten
+    record = json.loads((folder / "runs" / chosen["key"] / "record.json").read_text())
+    assert record["tested_adapter"] == chosen["adapter"]
+    step = json.loads((folder / "step2_btp.json").read_text())
+    assert "validation" in step["untrained"]["evaluations"]  # the learning curves' starting point
+    rows = [json.loads(line) for line in (folder / "answers" / "mbpp_test" / "btp.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"problem_id", "program", "passed"} <= set(rows[0])
+    assert len(SampleStore(folder / "shared_samples")) == 1  # iteration 0, sampled once, on disk
+    assert record["solved_per_iteration"][0]["problems"] == 2
+
+
+def test_choose_prefers_pass_at_1_then_pass_rate_then_the_earlier_iteration():
+    points = [{"iteration": 0, "pass@1": 0.1, "avg_pass_rate": 0.5}, {"iteration": 1, "pass@1": 0.2, "avg_pass_rate": 0.1},
+              {"iteration": 2, "pass@1": 0.2, "avg_pass_rate": 0.3}, {"iteration": 3, "pass@1": 0.2, "avg_pass_rate": 0.3}]
+    assert choose(points)["iteration"] == 2
+    assert choose([]) is None
+
+
+def test_sample_store_round_trips_and_persists(tmp_path):
+    store = SampleStore(tmp_path / "s")
+    store["k"] = [(1, "a")]
+    assert "k" in SampleStore(tmp_path / "s") and SampleStore(tmp_path / "s")["k"] == [(1, "a")]
+    assert "other" not in store
+    with pytest.raises(KeyError):
+        store["other"]
