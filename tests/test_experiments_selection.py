@@ -90,3 +90,34 @@ def test_sample_store_round_trips_and_persists(tmp_path):
     assert "other" not in store
     with pytest.raises(KeyError):
         store["other"]
+
+
+def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, tiny_model_dir, tiny_source_dir, monkeypatch):
+    """A campaign stopped inside a variant's second iteration resumes it from ``checkpoints/last.ckpt`` (the first
+    iteration is not redone) instead of starting the variant again."""
+    spec = selection_spec(tmp_path, tiny_model_dir, tiny_source_dir)
+    base = tmp_path / "base.yaml"  # a class_path under the campaign's fit: would be instantiated by its parser
+    base.write_text(json.dumps({"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                           "init_args": {"save_last": True}}]}}))
+    spec["base"] = [str(base)]
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps({**spec, "until": "selection"}))
+
+    def stop_in_second_iteration(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("stopped")
+
+    monkeypatch.setattr("egcfg_pl.experiments.selection.EpochAdapters.on_train_epoch_start", stop_in_second_iteration,
+                        raising=False)
+    with one_torch_thread(), pytest.raises(RuntimeError, match="stopped"):
+        main(["--config", str(config), "--log_level", "WARNING"])
+    run = next((tmp_path / "tiny_selection" / "runs").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "fit.json").exists()
+    first_val = (run / "eval_val_epoch0.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    record = json.loads((run / "fit.json").read_text())
+    assert record["resumed_from"] == "last"
+    assert [p["iteration"] for p in record["validation"]] == [0, 1]
+    assert (run / "eval_val_epoch0.json").stat().st_mtime_ns == first_val  # iteration 0 was not redone
