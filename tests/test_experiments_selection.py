@@ -23,7 +23,7 @@ def selection_spec(root: Path, target: Path, source: Path) -> dict:
     spec["fit"]["trainer"]["max_epochs"] = 2
     spec["validation"] = {"dataset": "mbpp", "split": "validation", "path": str(SHARED_MBPP), "limit": 2}
     spec["held_out"] = {"mbpp_test": spec["held_out"]["mbpp_test"]}
-    spec["steps"] = ["step2_btp"]
+    spec["steps"] = ["protocol"]
     spec["name"] = "tiny_selection"
     return spec
 
@@ -50,27 +50,27 @@ def selected(tmp_path_factory, tiny_model_dir, tiny_source_dir):
 
 def test_until_selection_fits_validates_and_writes_chosen_yaml_before_any_test(selected):
     folder, before, chosen_text, tested_before = selected
-    assert "chosen.yaml" in before and "selection.md" in before and "step2_btp.json" not in before
+    assert "chosen.yaml" in before and "selection.md" in before and "protocol.json" not in before
     assert tested_before == []  # no test set was evaluated by the selection run
-    chosen = yaml.safe_load(chosen_text)["variants"]["btp"]
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp_power"]
     run = folder / "runs" / chosen["key"]
     assert [p["iteration"] for p in chosen["curve"]] == [0, 1]
     for epoch in (0, 1):
         assert (run / f"eval_val_epoch{epoch}.json").is_file()
         assert (run / f"adapter_epoch{epoch}" / "adapter_config.json").is_file()
     assert chosen["iteration"] == choose(chosen["curve"])["iteration"]
-    assert chosen["adapter"].endswith(f"adapter_epoch{chosen['iteration']}")
+    assert chosen["adapter"] == f"runs/{chosen['key']}/adapter_epoch{chosen['iteration']}"  # moves with the folder
 
 
 def test_the_test_run_evaluates_the_chosen_adapter_and_writes_answers(selected):
     folder, _, chosen_text, _ = selected
-    chosen = yaml.safe_load(chosen_text)["variants"]["btp"]
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp_power"]
     assert (folder / "chosen.yaml").read_text() == chosen_text  # the committed selection is not rewritten
     record = json.loads((folder / "runs" / chosen["key"] / "record.json").read_text())
-    assert record["tested_adapter"] == chosen["adapter"]
-    step = json.loads((folder / "step2_btp.json").read_text())
+    assert record["tested_adapter"] == str(folder / chosen["adapter"])
+    step = json.loads((folder / "protocol.json").read_text())
     assert "validation" in step["untrained"]["evaluations"]  # the learning curves' starting point
-    rows = [json.loads(line) for line in (folder / "answers" / "mbpp_test" / "btp.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (folder / "answers" / "mbpp_test" / "btp_power.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"problem_id", "program", "passed"} <= set(rows[0])
     assert len(SampleStore(folder / "shared_samples")) == 1  # iteration 0, sampled once, on disk
     assert record["solved_per_iteration"][0]["problems"] == 2
@@ -121,3 +121,23 @@ def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, t
     assert record["resumed_from"] == "last"
     assert [p["iteration"] for p in record["validation"]] == [0, 1]
     assert (run / "eval_val_epoch0.json").stat().st_mtime_ns == first_val  # iteration 0 was not redone
+
+
+def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(selected):
+    """PROTOCOL.md: per test set, McNemar vs untrained (family of 5, Holm) and vs sample_and_filter (family of 4)."""
+    folder, *_ = selected
+    step = json.loads((folder / "protocol.json").read_text())
+    assert list(step["sets"]) == ["mbpp_test"]  # the untrained model's validation scores are no test set
+    rows = step["sets"]["mbpp_test"]["variants"]
+    assert [r["name"] for r in rows] == ["sample_and_filter", "btp_power", "btp_rank", "uniform", "pass_rate_only"]
+    for row in rows:
+        test = row["vs_untrained"]["delta"]["pass@1"]["test"]
+        assert test["method"] == "exact McNemar" and test["holm_family"] == 5
+        assert row["held_out"]["pass@1"]["method"] == "wilson"
+    assert "vs_sample_and_filter" not in rows[0]
+    assert all(r["vs_sample_and_filter"]["delta"]["pass@1"]["test"]["holm_family"] == 4 for r in rows[1:])
+    report = (folder / "report.md").read_text()
+    for part in ("### mbpp_test (2 problems)", "protocol_mbpp_test_metrics.png", "learning_curves.png",
+                 "Solved training problems per iteration"):
+        assert part in report
+    assert (folder / "protocol_mbpp_test_metrics.png").is_file() and (folder / "learning_curves.png").is_file()

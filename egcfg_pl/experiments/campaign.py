@@ -34,6 +34,7 @@ import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+from egcfg_pl.experiments.protocol import assemble_protocol
 from egcfg_pl.experiments.report import write_report, write_selection_report
 from egcfg_pl.experiments.spec import STEPS, ExperimentSpec
 from egcfg_pl.experiments.steps import UNTRAINED, VARIANTS, Variant, assemble
@@ -140,7 +141,8 @@ class Campaign:
                 pick = record.get("chosen")
                 entry = {"key": key, "iteration": None if pick is None else pick["iteration"],
                          "validation": pick, "curve": record.get("validation"),
-                         "adapter": None if pick is None else str(adapter_of_epoch(self.folder(variant), pick["iteration"]))}
+                         "adapter": None if pick is None else  # relative to the campaign folder: it moves with it
+                         str(adapter_of_epoch(self.folder(variant), pick["iteration"]).relative_to(self.root))}
                 if variant.name in chosen and chosen[variant.name].get("key") == key:
                     if chosen[variant.name].get("iteration") != entry["iteration"]:
                         log.warning("variant %s: chosen.yaml keeps iteration %s (the fit now picks %s)", variant.name,
@@ -157,7 +159,7 @@ class Campaign:
         key = self.key(variant)
         for name, entry in read_chosen(self.root).items():
             if entry.get("key") == key:
-                return entry.get("adapter")
+                return None if entry.get("adapter") is None else str(self.root / entry["adapter"])
         raise UsageError(f"variant {variant.name} ({key}) is not in {self.root / CHOSEN}; run the campaign with "
                          "--until selection first (or remove the file to select again)")
 
@@ -210,7 +212,8 @@ class Campaign:
             log.info("step %s: done already (%s); --force redoes it", step, path)
             return result
         start = time.perf_counter()
-        result = assemble(step, self.spec, self.variant)
+        result = (assemble_protocol(self.spec, self.variant) if step == "protocol"
+                  else assemble(step, self.spec, self.variant))
         result["seconds"] = time.perf_counter() - start
         result["base"] = {"files": self.spec.base, "fit": self.spec.fit}
         result["spec_hash"] = self.spec_hash()
@@ -239,6 +242,8 @@ class Campaign:
         model, data, refresh = c["model"], c["data"], c["refresh"]
         held_out = {name: asdict(p) for name, p in self.spec.held_out.items()} or {"held_out": data["held_out"]}
         sets = "; ".join(f"{name} {problems(p)}" for name, p in held_out.items())
+        if self.spec.validation is not None:
+            sets += f"; model selection on validation {problems(asdict(self.spec.validation))} (chosen.yaml)"
         lora = model["lora"] or {}
         return [
             f"- fit config: {', '.join(self.spec.base) or '(embedded)'}"

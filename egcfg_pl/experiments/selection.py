@@ -11,6 +11,7 @@ any test set is evaluated.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ def read_chosen(root: Path) -> dict[str, Any]:
 def write_chosen(root: Path, entries: dict[str, Any], rule: str) -> Path:
     header = ("# Written by `cli.py experiment` after the validation runs, before any test set is evaluated\n"
               "# (PROTOCOL.md): commit it, then rerun the campaign without --until to test these iterations.\n")
-    body = yaml.safe_dump({"rule": rule, "variants": entries}, sort_keys=False)
+    plain = json.loads(json.dumps({"rule": rule, "variants": entries}))  # no YAML anchors for shared entries
+    body = yaml.safe_dump(plain, sort_keys=False, width=120)
     return atomic_write_text(Path(root) / CHOSEN, header + body)
 
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from egcfg_pl.models import ModelSpec
 from egcfg_pl.problems import ProblemSet
 
-StepName = Literal["step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small"]
-STEPS: tuple[str, ...] = ("step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small")
+StepName = Literal["step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small", "protocol"]
+STEPS: tuple[str, ...] = ("step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small", "protocol")
 
 
 @dataclass
