@@ -77,7 +77,7 @@ class Campaign:
 
     def spec_hash(self) -> str:
         """Identity of what the steps compute (everything but the step list and where results go)."""
-        ignored = ("steps", "output_dir", "name", "threads")
+        ignored = ("steps", "output_dir", "name", "threads", "until")
         spec = {k: v for k, v in jsonable(self.spec).items() if k not in ignored}
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -128,7 +128,7 @@ class Campaign:
     def select(self) -> Path:
         """Fit every trained variant of the chosen steps (validating each iteration) and write ``chosen.yaml``:
         per variant the iteration the pre-registered rule picks. Entries already in ``chosen.yaml`` (a committed
-        selection) are kept as they are."""
+        selection) are kept as they are, unless ``force`` refitted them."""
         chosen = read_chosen(self.root)
         seen: set[str] = set()
         for step in self.spec.steps:
@@ -143,7 +143,7 @@ class Campaign:
                          "validation": pick, "curve": record.get("validation"),
                          "adapter": None if pick is None else  # relative to the campaign folder: it moves with it
                          str(adapter_of_epoch(self.folder(variant), pick["iteration"]).relative_to(self.root))}
-                if variant.name in chosen and chosen[variant.name].get("key") == key:
+                if variant.name in chosen and chosen[variant.name].get("key") == key and not self.force:
                     if chosen[variant.name].get("iteration") != entry["iteration"]:
                         log.warning("variant %s: chosen.yaml keeps iteration %s (the fit now picks %s)", variant.name,
                                     chosen[variant.name].get("iteration"), entry["iteration"])
@@ -263,7 +263,8 @@ def problems(p: dict[str, Any]) -> str:
 
 
 def generation(g: dict[str, Any]) -> str:
-    return f"{g['strategy']} ({g['num_return_sequences']} per problem, max {g['max_new_tokens']} new tokens)"
+    caps = "".join(f", {source} {cap}" for source, cap in (g.get("max_new_tokens_by_source") or {}).items())
+    return f"{g['strategy']} ({g['num_return_sequences']} per problem, max {g['max_new_tokens']} new tokens{caps})"
 
 
 def build_parser() -> ArgumentParser:

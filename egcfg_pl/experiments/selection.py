@@ -83,4 +83,4 @@ def write_chosen(root: Path, entries: dict[str, Any], rule: str) -> Path:
     return atomic_write_text(Path(root) / CHOSEN, header + body)
 
 
-RULE = "highest validation pass@1; ties: higher average test pass rate, then the earlier iteration"
+RULE = "highest validation pass@1; ties: higher validation average pass rate, then the earlier iteration"
