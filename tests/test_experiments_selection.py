@@ -72,6 +72,8 @@ def test_the_test_run_evaluates_the_chosen_adapter_and_writes_answers(selected):
     assert "validation" in step["untrained"]["evaluations"]  # the learning curves' starting point
     rows = [json.loads(line) for line in (folder / "answers" / "mbpp_test" / "btp_power.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"problem_id", "program", "passed"} <= set(rows[0])
+    untrained = (folder / "answers" / "mbpp_test" / "untrained.jsonl").read_text()
+    assert (folder / "answers" / "mbpp_test" / "sample_and_filter.jsonl").read_text() == untrained  # no step taken
     assert len(SampleStore(folder / "shared_samples")) == 1  # iteration 0, sampled once, on disk
     assert record["solved_per_iteration"][0]["problems"] == 2
 
@@ -100,6 +102,7 @@ def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, t
     base.write_text(json.dumps({"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                                            "init_args": {"save_last": True}}]}}))
     spec["base"] = [str(base)]
+    spec["steps"] = ["step2_btp"]  # one trained variant: the one stopped
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({**spec, "until": "selection"}))
 

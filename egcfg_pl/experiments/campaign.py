@@ -198,8 +198,11 @@ class Campaign:
                     record["seconds"] = {**record["seconds"], **tested.pop("seconds")}
                     record.update(tested)
             write_json(path, record)
-        if record["evaluations"]:
-            write_answers(self.root / "answers", variant.name, record["evaluations"])
+        evaluations = record["evaluations"]
+        if evaluations is None and variant.train:  # no optimizer step: its answers are the untrained model's
+            evaluations = {k: v for k, v in self.variant(UNTRAINED)["evaluations"].items() if k in self.spec.held_out}
+        if evaluations:
+            write_answers(self.root / "answers", variant.name, evaluations)
         self.done[key] = record
         return record
 
