@@ -141,6 +141,6 @@ def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(
     assert all(r["vs_sample_and_filter"]["delta"]["pass@1"]["test"]["holm_family"] == 4 for r in rows[1:])
     report = (folder / "report.md").read_text()
     for part in ("### mbpp_test (2 problems)", "protocol_mbpp_test_metrics.png", "learning_curves.png",
-                 "Solved training problems per iteration"):
+                 "Solved training problems per iteration", "| untrained (reference) |"):
         assert part in report
     assert (folder / "protocol_mbpp_test_metrics.png").is_file() and (folder / "learning_curves.png").is_file()

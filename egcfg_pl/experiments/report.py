@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from egcfg_pl.crash_safe import atomic_write_text
 
@@ -157,8 +158,9 @@ def write_report(folder: Path, results: dict[str, dict[str, Any]], header: list[
     return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
 
 
-def plot_learning_curves(chosen: dict[str, Any], path: Path) -> Path | None:
-    """Validation pass@1 per BTP iteration, one line per trained variant, the chosen iteration circled."""
+def plot_learning_curves(chosen: dict[str, Any], path: Path, untrained: float | None = None) -> Path | None:
+    """Validation pass@1 per BTP iteration, one line per trained variant, the chosen iteration circled, the
+    untrained model's validation pass@1 dashed (when it was evaluated)."""
     curves = [(name, entry) for name, entry in chosen.items() if entry.get("curve")]
     if not curves:
         return None
@@ -170,6 +172,11 @@ def plot_learning_curves(chosen: dict[str, Any], path: Path) -> Path | None:
         pick = entry.get("validation")
         if pick:
             ax.plot([pick["iteration"]], [pick["pass@1"]], "o", mfc="none", ms=10, color=line.get_color())
+    if untrained is not None:
+        ax.axhline(untrained, ls="--", color="gray", label="untrained")
+    top = max([p["pass@1"] for _, e in curves for p in e["curve"]] + [untrained or 0.0])
+    ax.set_ylim(0, max(0.05, 1.2 * top))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("BTP iteration")
     ax.set_ylabel("validation pass@1")
     ax.set_title("Learning curves (circled: the chosen iteration)", fontsize=10)
@@ -178,8 +185,9 @@ def plot_learning_curves(chosen: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def selection_lines(chosen: dict[str, Any], folder: Path) -> list[str]:
-    """The chosen iteration per variant and the learning curves (table and PNG)."""
+def selection_lines(chosen: dict[str, Any], folder: Path, untrained: dict[str, Any] | None = None) -> list[str]:
+    """The chosen iteration per variant and the learning curves (table and PNG); ``untrained``: the untrained
+    model's validation scores (``selection.scores``), the curves' starting point."""
     lines = ["## Model selection on validation (chosen.yaml)", "",
              "| variant | chosen iteration | val pass@1 | val avg pass rate | val pass@1 per iteration |", "|---|---|---|---|---|"]
     for name, entry in chosen.items():
@@ -188,7 +196,9 @@ def selection_lines(chosen: dict[str, Any], folder: Path) -> list[str]:
         it = entry.get("iteration")
         val = " | ".join(f"{pick[m]:.3f}" if m in pick else "–" for m in ("pass@1", "avg_pass_rate"))
         lines.append(f"| {name} | {'– (no optimizer step)' if it is None else it} | {val} | {curve or '–'} |")
-    plot = plot_learning_curves(chosen, folder / "learning_curves.png")
+    if untrained is not None:
+        lines.append(f"| untrained (reference) | – | {untrained['pass@1']:.3f} | {untrained['avg_pass_rate']:.3f} | – |")
+    plot = plot_learning_curves(chosen, folder / "learning_curves.png", untrained and untrained["pass@1"])
     lines += ["", f"![learning curves]({plot.name})" if plot else "", ""]
     return lines
 
@@ -244,6 +254,8 @@ def plot_solved(result: dict[str, Any], path: Path) -> Path | None:
     ax = fig.add_subplot()
     for name, points in series:
         ax.plot([p["iteration"] for p in points], [p["solved"] for p in points], marker=".", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("BTP iteration (refresh)")
     ax.set_ylabel("training problems solved")
     ax.set_title("Solved training problems per iteration (>= 1 sampled program passes every test)", fontsize=9)
@@ -266,10 +278,14 @@ def protocol_section(result: dict[str, Any], folder: Path) -> list[str]:
         lines += ["", f"![{name} pass@1]({png.name})", ""]
     chosen_path = folder / "chosen.yaml"
     if chosen_path.is_file():
-        from egcfg_pl.experiments.selection import read_chosen
+        from egcfg_pl.experiments.selection import read_chosen, scores
 
-        lines += selection_lines(read_chosen(folder), folder)
-    lines += ["## Solved training problems per iteration", "", "| variant | solved / sampled per iteration |", "|---|---|"]
+        validation = (result["untrained"].get("evaluations") or {}).get("validation")
+        untrained = scores(Path(validation["eval_json"])) if validation else None
+        lines += selection_lines(read_chosen(folder), folder, untrained)
+    kept = sorted({v["train_problems"] for v in result["variants"] if v.get("train_problems") is not None})
+    lines += ["## Solved training problems per iteration", "",
+              f"Training problems after dropping those that overlap a validation or test problem: {kept or '–'}.", "", "| variant | solved / sampled per iteration |", "|---|---|"]
     for v in result["variants"]:
         points = v.get("solved_per_iteration") or []
         counts = ", ".join(f"{p['solved']}/{p['problems']}" for p in points) or "–"
