@@ -1,16 +1,24 @@
 """Run a campaign: the chosen steps, one JSON per step, then ``report.md`` with plots.
 
     python cli.py experiment --config configs/experiments_cpu.yaml [--steps '[step2_btp]'] [--force]
+    python cli.py experiment --config configs/experiments_standard.yaml --until selection   # then commit chosen.yaml
+    python cli.py experiment --config configs/experiments_standard.yaml                     # tests the chosen
 
 Layout of ``<output_dir>/<name>/``:
 
 - ``config.yaml``: the resolved spec (rerun it with ``--config``);
 - ``<step>.json``: written atomically when the step ends; a rerun skips steps whose JSON exists;
 - ``runs/<key>/``: one folder per distinct variant (the hash of its fit config): ``fit_config.yaml`` (rerun it
-  alone with ``cli.py fit --config``), ``record.json``, ``eval/<held-out set>/`` evaluation JSON, the adapter,
-  ``experiences.jsonl``, TensorBoard logs. A variant shared by two steps (the ablation's ``power`` is step 2's
-  run) runs once; an interrupted campaign reruns only unfinished ones;
-- ``report.md`` and ``<step>_*.png``.
+  alone with ``cli.py fit --config``), ``fit.json`` (the fit's record), ``record.json`` (fit + tests),
+  ``eval/<held-out set>/`` evaluation JSON, the adapter (and ``adapter_epoch{N}/`` with a validation set),
+  ``eval_val_epoch{N}.json``, ``experiences.jsonl``, ``checkpoints/``, TensorBoard logs. A variant shared by two
+  steps (the ablation's ``power`` is step 2's run) runs once; an interrupted campaign reruns only unfinished
+  ones, and an interrupted fit continues from its ``checkpoints/last.ckpt``;
+- ``shared_samples/``: the iteration-0 samples every variant shares (``share_initial_samples``), kept across sessions;
+- ``chosen.yaml`` and ``selection.md`` (with ``validation``): the iteration each trained variant tests, chosen on
+  validation before any test set runs (``--until selection`` stops there);
+- ``answers/<set>/<variant>.jsonl``: every held-out problem's greedy program and verdict;
+- ``report.md`` and its PNGs.
 
 ``--force`` redoes the chosen steps and their variants.
 """
