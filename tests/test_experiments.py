@@ -15,6 +15,7 @@ from egcfg_pl.experiments.spec import STEPS, ExperimentSpec, HyperGrid
 from egcfg_pl.experiments.stats import bootstrap_ci, paired_delta, wilson_interval
 from egcfg_pl.experiments.steps import UNTRAINED, Variant
 from egcfg_pl.experiments.variant import fit_config, layer
+from egcfg_pl.lightning.cli import check_config
 from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.user_errors import UsageError
 from egcfg_pl.replay import sampling_probabilities
@@ -100,7 +101,8 @@ def load(folder: Path, step: str) -> dict:
 
 def test_every_step_writes_json_report_and_plots(campaign):
     folder, _ = campaign
-    for step in STEPS:
+    generic = [s for s in STEPS if s != "protocol"]  # protocol: one table per held-out set (below)
+    for step in generic:
         result = load(folder, step)
         assert result["step"] == step and result["variants"]
         for entry in [result["untrained"], *result["variants"]]:
@@ -108,8 +110,14 @@ def test_every_step_writes_json_report_and_plots(campaign):
             assert held["num_problems"] == 2 and Path(held["eval_json"]).is_file()
             lo, hi = held["pass@1"]["ci95"]
             assert 0.0 <= lo <= held["pass@1"]["mean"] <= hi <= 1.0
+    protocol = load(folder, "protocol")
+    assert list(protocol["sets"]) == ["mbpp_test", "mbpp_test_offset"]
+    for table in protocol["sets"].values():
+        assert [row["held_out"]["num_problems"] for row in table["variants"]] == [2] * 5
     report = (folder / "report.md").read_text()
-    for step in STEPS:
+    for name in protocol["sets"]:
+        assert f"(protocol_{name}_metrics.png)" in report and (folder / f"protocol_{name}_metrics.png").is_file()
+    for step in generic:
         assert f"({step}_metrics.png)" in report and (folder / f"{step}_metrics.png").stat().st_size > 1000
     assert (folder / "step2_btp_p2value.png").is_file()
     assert "unadjusted" in report and "McNemar" in report and "Holm" in report
@@ -226,7 +234,8 @@ def test_rerun_skips_finished_steps_and_force_redoes_one(campaign, monkeypatch):
     def no_runs(*args, **kwargs):
         raise AssertionError("a finished step ran again")
 
-    monkeypatch.setattr("egcfg_pl.experiments.campaign.run_variant", no_runs)
+    monkeypatch.setattr("egcfg_pl.experiments.campaign.fit_variant", no_runs)
+    monkeypatch.setattr("egcfg_pl.experiments.campaign.test_variant", no_runs)
     main(["--config", str(config), "--log_level", "WARNING"])
     assert stamps == {s: (folder / f"{s}.json").stat().st_mtime_ns for s in STEPS}
     assert (folder / "report.md").is_file()
@@ -249,6 +258,22 @@ def test_shipped_campaigns_build_every_variant(name, monkeypatch):
     assert campaign.config(Variant("x", {"data.replay.strategy": "rank"}))["data"]["replay"] == {"strategy": "rank"}
     keys = {campaign.key(v) for v in (UNTRAINED, Variant("btp"), Variant("x", {"data.replay.strategy": "rank"}))}
     assert len(keys) == 3  # the folder key follows the fit config and whether it trains
+
+
+def test_the_standard_campaign_follows_the_protocol(monkeypatch):
+    """configs/experiments_standard.yaml: PROTOCOL.md's data, decoding, budget and variants, each a valid fit config."""
+    monkeypatch.chdir(ROOT)
+    spec, _, _ = parse_spec(["--config", str(ROOT / "configs" / "experiments_standard.yaml")])
+    assert spec.steps == ["protocol"] and spec.validation.split == "validation"
+    assert {n: (p.dataset, p.split, p.limit) for n, p in spec.held_out.items()} == {
+        "mbpp_test": ("mbpp", "test", None), "humaneval": ("humaneval", "test", None)}
+    campaign = Campaign(spec)
+    campaign.check()
+    c = check_config(campaign.config(Variant("btp_power")), "standard")
+    assert c["data"]["train"]["split"] == "train" and c["data"]["train"]["limit"] is None
+    assert c["refresh"]["generation"]["num_beams"] == 5 and c["refresh"]["generation"]["max_new_tokens"] == 160
+    assert c["model"]["evaluation"]["max_new_tokens_by_source"] == {"mbpp": 256}
+    assert c["model"]["evaluation"]["max_new_tokens"] == 384 and c["sandbox"]["check_timeout"] == 3.0
 
 
 def test_any_fit_option_is_a_variant_change(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from egcfg_pl.crash_safe import atomic_write_text
 
@@ -21,6 +22,7 @@ TITLES = {
     "step3_ablation": "Step 3: replay strategy ablation",
     "step4_hyperparams": "Step 4: hyperparameter study",
     "big_to_small": "Big-to-small",
+    "protocol": "Pre-registered comparison",
 }
 
 
@@ -152,5 +154,146 @@ def write_report(folder: Path, results: dict[str, dict[str, Any]], header: list[
         "",
     ]
     for result in results.values():
-        lines += step_section(result, folder)
+        lines += protocol_section(result, folder) if result["step"] == "protocol" else step_section(result, folder)
     return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def plot_learning_curves(chosen: dict[str, Any], path: Path, untrained: float | None = None) -> Path | None:
+    """Validation pass@1 per BTP iteration, one line per trained variant, the chosen iteration circled, the
+    untrained model's validation pass@1 dashed (when it was evaluated)."""
+    curves = [(name, entry) for name, entry in chosen.items() if entry.get("curve")]
+    if not curves:
+        return None
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for name, entry in curves:
+        x = [p["iteration"] for p in entry["curve"]]
+        line, = ax.plot(x, [p["pass@1"] for p in entry["curve"]], marker=".", label=name)
+        pick = entry.get("validation")
+        if pick:
+            ax.plot([pick["iteration"]], [pick["pass@1"]], "o", mfc="none", ms=10, color=line.get_color())
+    if untrained is not None:
+        ax.axhline(untrained, ls="--", color="gray", label="untrained")
+    top = max([p["pass@1"] for _, e in curves for p in e["curve"]] + [untrained or 0.0])
+    ax.set_ylim(0, max(0.05, 1.2 * top))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("BTP iteration")
+    ax.set_ylabel("validation pass@1")
+    ax.set_title("Learning curves (circled: the chosen iteration)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def selection_lines(chosen: dict[str, Any], folder: Path, untrained: dict[str, Any] | None = None) -> list[str]:
+    """The chosen iteration per variant and the learning curves (table and PNG); ``untrained``: the untrained
+    model's validation scores (``selection.scores``), the curves' starting point."""
+    lines = ["## Model selection on validation (chosen.yaml)", "",
+             "| variant | chosen iteration | val pass@1 | val avg pass rate | val pass@1 per iteration |", "|---|---|---|---|---|"]
+    for name, entry in chosen.items():
+        pick = entry.get("validation") or {}
+        curve = ", ".join(f"{p['pass@1']:.3f}" for p in entry.get("curve") or [])
+        it = entry.get("iteration")
+        val = " | ".join(f"{pick[m]:.3f}" if m in pick else "–" for m in ("pass@1", "avg_pass_rate"))
+        lines.append(f"| {name} | {'– (no optimizer step)' if it is None else it} | {val} | {curve or '–'} |")
+    if untrained is not None:
+        lines.append(f"| untrained (reference) | – | {untrained['pass@1']:.3f} | {untrained['avg_pass_rate']:.3f} | – |")
+    plot = plot_learning_curves(chosen, folder / "learning_curves.png", untrained and untrained["pass@1"])
+    lines += ["", f"![learning curves]({plot.name})" if plot else "", ""]
+    return lines
+
+
+def write_selection_report(folder: Path, chosen: dict[str, Any]) -> Path:
+    """``folder/selection.md``: what ``--until selection`` decided, before any test set was evaluated."""
+    lines = ["# BTP campaign: model selection (no test set evaluated yet)", "", *selection_lines(chosen, folder)]
+    return atomic_write_text(folder / "selection.md", "\n".join(lines) + "\n")
+
+
+def _mcnemar(row: dict[str, Any], against: str) -> str:
+    cmp = row.get(against)
+    test = cmp["delta"]["pass@1"].get("test") if cmp else None
+    if not test:
+        return "–"
+    holm = test.get("p_holm")
+    return f"+{test['better']}/−{test['worse']}, p {test['p_value']:.3g}" + ("" if holm is None else f", Holm {holm:.3g}")
+
+
+def _paired(row: dict[str, Any], metric: str) -> str:
+    d = (row.get("vs_untrained") or {}).get("delta", {}).get(metric)
+    if not d or d["mean"] is None:
+        return "–"
+    return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def protocol_table(name: str, table: dict[str, Any]) -> list[str]:
+    """One held-out set of the protocol step: pass@1 with Wilson intervals and both families of paired tests."""
+    n = table["untrained"]["held_out"]["num_problems"]
+    lines = [f"### {name} ({n} problems)", "",
+             "| variant | pass@1 [95% Wilson] | McNemar vs untrained (+/−, exact p, Holm) | McNemar vs sample_and_filter"
+             " (+/−, exact p, Holm) | Δ pass@1 vs untrained [95% CI] | avg pass rate [95% CI] | Δ avg pass rate vs"
+             " untrained [paired bootstrap 95%] | RSR |", "|---|---|---|---|---|---|---|---|"]
+    held = table["untrained"]["held_out"]
+    lines.append(f"| untrained | {_interval(held['pass@1'])} | – | – | – | {_interval(held['avg_pass_rate'])} | – | – |")
+    for row in table["variants"]:
+        held = row["held_out"]
+        rsr = row["vs_untrained"].get("rsr_pass@1")
+        label = row["name"] + (" (= untrained: no optimizer step)" if row.get("evaluated_as") else "")
+        lines.append(f"| {label} | {_interval(held['pass@1'])} | {_mcnemar(row, 'vs_untrained')}"
+                     f" | {_mcnemar(row, 'vs_sample_and_filter')} | {_paired(row, 'pass@1')}"
+                     f" | {_interval(held['avg_pass_rate'])} | {_paired(row, 'avg_pass_rate')}"
+                     f" | {'undefined' if rsr is None else f'{rsr:.2f}'} |")
+    return lines
+
+
+def plot_solved(result: dict[str, Any], path: Path) -> Path | None:
+    """Training problems with at least one fully passing sampled program, per refresh (iteration) and variant."""
+    series = [(v["name"], v["solved_per_iteration"]) for v in result["variants"] if v.get("solved_per_iteration")]
+    if not series:
+        return None
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, points in series:
+        ax.plot([p["iteration"] for p in points], [p["solved"] for p in points], marker=".", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("BTP iteration (refresh)")
+    ax.set_ylabel("training problems solved")
+    ax.set_title("Solved training problems per iteration (>= 1 sampled program passes every test)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def protocol_section(result: dict[str, Any], folder: Path) -> list[str]:
+    """The pre-registered comparison: one table and bar chart per held-out set, learning curves, solved training
+    problems per iteration, P2Value histograms."""
+    lines = ["## Pre-registered comparison (PROTOCOL.md)", "",
+             "McNemar: exact two-sided test on the discordant problems (+ solved only by the variant, − only by the "
+             "reference); Holm-adjusted within each family (vs untrained: the trained variants; vs sample_and_filter: "
+             "the other trained variants) and each set. Δ intervals are paired bootstrap, unadjusted.", ""]
+    for name, table in result["sets"].items():
+        lines += protocol_table(name, table)
+        pseudo = {"step": f"protocol: {name}", **table}
+        png = plot_metrics(pseudo, folder / f"protocol_{name}_metrics.png")
+        lines += ["", f"![{name} pass@1]({png.name})", ""]
+    chosen_path = folder / "chosen.yaml"
+    if chosen_path.is_file():
+        from egcfg_pl.experiments.selection import read_chosen, scores
+
+        validation = (result["untrained"].get("evaluations") or {}).get("validation")
+        untrained = scores(Path(validation["eval_json"])) if validation else None
+        lines += selection_lines(read_chosen(folder), folder, untrained)
+    kept = sorted({v["train_problems"] for v in result["variants"] if v.get("train_problems") is not None})
+    lines += ["## Solved training problems per iteration", "",
+              f"Training problems after dropping those that overlap a validation or test problem: {kept or '–'}.", "", "| variant | solved / sampled per iteration |", "|---|---|"]
+    for v in result["variants"]:
+        points = v.get("solved_per_iteration") or []
+        counts = ", ".join(f"{p['solved']}/{p['problems']}" for p in points) or "–"
+        lines.append(f"| {v['name']} | {counts} |")
+    solved = plot_solved(result, folder / "protocol_solved.png")
+    hist = plot_p2value(result, folder / "protocol_p2value.png")
+    lines += [""] + ([f"![solved training problems]({solved.name})"] if solved else [])
+    lines += ([f"![P2Value]({hist.name})"] if hist else []) + [""]
+    lines += [f"- {note}" for note in result.get("caveats", [])]
+    lines += ["", "Details: `protocol.json`; every greedy answer: `answers/<set>/<variant>.jsonl`.", ""]
+    return lines

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from egcfg_pl.models import ModelSpec
 from egcfg_pl.problems import ProblemSet
 
-StepName = Literal["step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small"]
-STEPS: tuple[str, ...] = ("step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small")
+StepName = Literal["step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small", "protocol"]
+STEPS: tuple[str, ...] = ("step1_baseline", "step2_btp", "step3_ablation", "step4_hyperparams", "big_to_small", "protocol")
 
 
 @dataclass
@@ -53,6 +53,13 @@ class ExperimentSpec:
     """Named held-out sets every variant is tested on after its fit (one evaluation JSON each, in
     ``runs/<key>/eval/<name>/``); the first is the one the steps compare. Empty = the fit config's ``data.held_out``,
     named ``held_out``."""
+    validation: ProblemSet | None = None
+    """Model selection set (MBPP validation): every trained variant is validated on it after each BTP iteration
+    and keeps each iteration's adapter; the pre-registered rule picks one iteration per variant (``chosen.yaml``),
+    and that iteration's adapter is the one tested on ``held_out``. null: the final weights are tested."""
+    until: Literal["selection"] | None = None
+    """``selection``: stop after writing ``chosen.yaml`` (fits and validations only), so the selection can be
+    committed before any test set is evaluated; rerun without it to test. Needs ``validation``."""
     steps: list[StepName] = field(default_factory=lambda: list(STEPS))
     """Steps to run, in this order (the untrained held-out evaluation always runs first: it is the RSR baseline)."""
     strategies: list[str] = field(default_factory=lambda: ["power", "rank", "uniform", "pass_rate", "possibility"])
@@ -86,6 +93,8 @@ class ExperimentSpec:
             raise ValueError(f"threads must be >= 1 or null (torch's default), got {self.threads}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name {self.name!r} must be a non-empty folder name without '/'")
+        if self.until is not None and self.validation is None:
+            raise ValueError("until: selection needs a validation set (validation: {dataset: mbpp, split: validation})")
         if not self.base and not self.fit:
             raise ValueError("the campaign has no fit config: name base files (base: [configs/base_cpu.yaml]) "
                              "or embed one under fit:")

@@ -1,7 +1,7 @@
 """The campaign's steps as lists of variants of the base run, and how a step's results are assembled.
 
 A variant is the campaign's fit config with a few options changed (``changes``, dotted fit-config paths such
-as ``data.replay.strategy``); every variant goes through the same ``run_variant`` path. The untrained target, evaluated once, is each step's baseline:
+as ``data.replay.strategy``); every variant goes through the same ``fit_variant`` / ``test_variant`` path. The untrained target, evaluated once, is each step's baseline:
 RSR (pass@1 ratio), paired differences with (unadjusted) 95% intervals and the paired exact test
 (McNemar for pass/fail) are taken against it; the tests' p-values are Holm-adjusted across the step's
 variants, since one step compares many variants with the same baseline.
@@ -13,6 +13,7 @@ variants, since one step compares many variants with the same baseline.
 - step3_ablation: one variant per replay draw strategy.
 - step4_hyperparams: the grid of P2Value α × draw exponent a.
 - big_to_small: a separate source model writes the candidates; the source is evaluated too.
+- protocol: the pre-registered comparison of PROTOCOL.md, per held-out set (``protocol.py``).
 """
 
 from __future__ import annotations
@@ -71,12 +72,24 @@ def _big_to_small(spec: ExperimentSpec) -> list[Variant]:
             Variant("target_from_source", {"refresh.source_model": source})]
 
 
+def _protocol(spec: ExperimentSpec) -> list[Variant]:
+    """PROTOCOL.md's trained variants; the first is the reference of the second family of comparisons."""
+    return [
+        Variant("sample_and_filter", {"data.replay.strategy": "uniform", "data.replay.min_pass_rate": 1.0}, stop_if_empty=True),
+        Variant("btp_power", {"data.replay.strategy": "power"}),
+        Variant("btp_rank", {"data.replay.strategy": "rank"}),
+        Variant("uniform", {"data.replay.strategy": "uniform"}),
+        Variant("pass_rate_only", {"data.replay.strategy": "power", "data.replay.p2value_alpha": 0.0}),
+    ]
+
+
 VARIANTS: dict[str, Callable[[ExperimentSpec], list[Variant]]] = {
     "step1_baseline": _step1,
     "step2_btp": _step2,
     "step3_ablation": _step3,
     "step4_hyperparams": _step4,
     "big_to_small": _big_to_small,
+    "protocol": _protocol,
 }
 
 

@@ -2,16 +2,19 @@
 
 A variant *is* a LightningCLI fit config (``fit_config``: the campaign's base files layered, then dotted changes),
 built by the same parser and classes as ``python cli.py fit --config ...``, so any fit option can vary.
-``run_variant(config, folder, ...)`` returns a JSON-able record: the metrics and evaluation JSON of every held-out
-set (per-problem results, from which the steps compute intervals), the replay buffer's statistics and P2Value
-histogram, the adapter path and the timings. Untrained models (the RSR baseline, a big-to-small source) take the
-same path without the fit.
+Two phases, so a selection can be committed between them: ``fit_variant(config, folder, ...)`` fits (validating
+each iteration when the campaign has a validation set) and returns the fit record (replay buffer statistics and
+P2Value histogram, solved training problems per iteration, validation curve, chosen iteration, adapter, timings);
+``test_variant`` evaluates one adapter (or the untrained model: the RSR baseline, a big-to-small source) on every
+held-out set and returns the evaluation JSON paths and metrics (per-problem results, from which the steps compute
+intervals).
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -21,6 +24,9 @@ from typing import Any
 import lightning as L
 import yaml
 
+from peft import load_peft_weights, set_peft_model_state_dict
+
+from egcfg_pl.experiments.selection import EpochAdapters, choose, curve
 from egcfg_pl.lightning.cli import run_lightning_cli
 from egcfg_pl.lightning.datamodule import BTPDataModule
 from egcfg_pl.lightning.held_out import held_out_test
@@ -29,6 +35,7 @@ from egcfg_pl.lightning.refresh_core import add_to_metric, score
 from egcfg_pl.metrics.p2value import P2ValueMetric
 from egcfg_pl.metrics.report import EvalReport
 from egcfg_pl.problems import ProblemSet
+from egcfg_pl.problems.overlap import check_overlap
 from egcfg_pl.problems.problem import Problem
 from egcfg_pl.replay.experience import Experience
 
@@ -126,9 +133,10 @@ class SharedSampleRefresh(ReplayRefresh):
         return score(candidates, verdicts, replay)
 
 
-def fit(cli: Any, folder: Path, cache: dict | None) -> dict[str, Any]:
+def fit(cli: Any, folder: Path, cache: Any | None, ckpt_path: str | None = None) -> dict[str, Any]:
     """BTP iterations (refresh → replay → LoRA steps) with the Trainer the fit config built; the adapter goes to
-    ``folder/adapter``."""
+    ``folder/adapter`` (and each iteration's to ``folder/adapter_epoch{N}`` when ``EpochAdapters`` is a callback).
+    ``ckpt_path`` ("last") continues an interrupted fit from its last epoch checkpoint."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     refresh = next(cb for cb in trainer.callbacks if isinstance(cb, ReplayRefresh))
     if cache is not None:
@@ -136,18 +144,35 @@ def fit(cli: Any, folder: Path, cache: dict | None) -> dict[str, Any]:
         trainer.callbacks[[type(cb) for cb in trainer.callbacks].index(ReplayRefresh)] = refresh
     note = None
     try:
-        trainer.fit(module, data)
+        trainer.fit(module, data, ckpt_path=ckpt_path)
     except EmptyReplayError as error:
         note = str(error)
     return {
         "optimizer_steps": int(trainer.global_step),
+        "iterations": int(trainer.max_epochs or 0),
         "note": note,
+        "resumed_from": ckpt_path,
         "refresh": {k: v for k, v in refresh.last_stats.items() if k.startswith("refresh/")},
         "buffer": buffer_record(data),
         "samples_shared": bool(getattr(refresh, "reused", 0)),
         "experiences": str(folder / "experiences.jsonl"),
+        "solved_per_iteration": solved_per_iteration(folder / "experiences.jsonl"),
         "adapter": str(module.adapter_dir()) if trainer.global_step else None,
     }
+
+
+def solved_per_iteration(path: Path) -> list[dict[str, int]]:
+    """Per refresh (iteration): problems sampled, and problems with at least one sampled program passing every test."""
+    sampled: dict[int, set[str]] = {}
+    solved: dict[int, set[str]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            epoch, pid = int(row["epoch"]), row["candidate"]["problem_id"]
+            sampled.setdefault(epoch, set()).add(pid)
+            if row["verdict"]["results"] and all(r["status"] == "passed" for r in row["verdict"]["results"]):
+                solved.setdefault(epoch, set()).add(pid)
+    return [{"iteration": e, "problems": len(sampled[e]), "solved": len(solved.get(e, ()))} for e in sorted(sampled)]
 
 
 def buffer_record(data: BTPDataModule) -> dict[str, Any]:
@@ -163,42 +188,91 @@ def buffer_record(data: BTPDataModule) -> dict[str, Any]:
     }
 
 
-def run_variant(
+def without_overlap(data: BTPDataModule, sets: list[ProblemSet]) -> None:
+    """Load the training problems now, less any that is an evaluation problem of ``sets`` (same id, statement or
+    asserts): the datamodule checks overlap only against its own held-out set (the validation set in a campaign)."""
+    train = data.train_set.load()
+    held = [p for problems in sets for p in problems.load()]
+    dropped = {train_id for train_id, _ in check_overlap(train, held, allow=True)}
+    if dropped:
+        log.warning("dropped %d training problems that overlap the test sets: %s", len(dropped), sorted(dropped))
+    data.train_problems = [p for p in train if p.id not in dropped]
+
+
+def fit_variant(
     config: dict[str, Any],
     folder: Path,
-    held_out: dict[str, ProblemSet] | None = None,
-    train: bool = True,
-    cache: dict | None = None,
+    cache: Any | None = None,
     stop_if_empty: bool = False,
+    validation: ProblemSet | None = None,
+    test_sets: list[ProblemSet] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Build the fit config's objects (seeded by its ``seed_everything``) with every output in ``folder``, fit
-    when ``train``, then test on each of ``held_out`` (default: the config's ``data.held_out``, named
-    ``held_out``); returns the record. Fit-time validation is off: the tests after the fit evaluate the weights."""
+    """Build the fit config's objects (seeded by its ``seed_everything``) with every output in ``folder`` and fit.
+    With ``validation``: it is the fit's held-out set, validated after every iteration (``eval_val_epoch{N}.json``)
+    with each iteration's adapter kept; without, fit-time validation is off. ``test_sets``' problems are dropped
+    from training. ``resume`` continues from ``checkpoints/last.ckpt``."""
     folder.mkdir(parents=True, exist_ok=True)
-    runner = {"trainer.default_root_dir": str(folder), "trainer.limit_val_batches": 0}
-    config = layer(config, runner if train else {**runner, "model.lora": None})
-    extra = {"trainer_defaults": {"callbacks": [StopOnEmptyBuffer()]}} if stop_if_empty else {}
-    cli = run_lightning_cli(config, run=False, **extra)
-    record: dict[str, Any] = {"trained": False, "optimizer_steps": 0, "seconds": {}}
+    runner: dict[str, Any] = {"trainer.default_root_dir": str(folder)}
+    if validation is None:
+        runner["trainer.limit_val_batches"] = 0
+    else:
+        runner |= {"data.held_out": asdict(validation), "trainer.check_val_every_n_epoch": 1,
+                   "trainer.limit_val_batches": 1.0}
+    callbacks = ([StopOnEmptyBuffer()] if stop_if_empty else []) + [EpochAdapters()]
+    cli = run_lightning_cli(layer(config, runner), run=False, trainer_defaults={"callbacks": callbacks})
+    if test_sets:
+        without_overlap(cli.datamodule, test_sets)
     start = time.perf_counter()
-    if train:
-        record.update(fit(cli, folder, cache))
-        record["trained"] = record["optimizer_steps"] > 0
-        record["seconds"]["fit"] = time.perf_counter() - start
-    record["evaluations"] = None  # no optimizer step: the weights are unchanged, the caller uses the untrained ones
-    if not train or record["trained"]:
-        start = time.perf_counter()
-        sets = held_out or {"held_out": cli.datamodule.held_out_set}
-        record["evaluations"] = {name: held_out_record(cli, problems, folder / "eval" / name) for name, problems in sets.items()}
-        record["seconds"]["evaluate"] = time.perf_counter() - start
-    record["held_out"] = next(iter(record["evaluations"].values())) if record["evaluations"] else None
-    record["model"] = asdict(cli.model.spec)
+    record: dict[str, Any] = {"seconds": {}}
+    record.update(fit(cli, folder, cache, "last" if resume else None))
+    record["trained"] = record["optimizer_steps"] > 0
+    record["seconds"]["fit"] = time.perf_counter() - start
+    record["validation"] = curve(folder, record["iterations"]) if validation is not None else None
+    record["chosen"] = choose(record["validation"] or []) if validation is not None else None
+    record["train_problems"] = len(cli.datamodule.train_problems)
     record["replay"] = asdict(cli.datamodule.buffer.settings)
+    del cli
+    gc.collect()
+    return record
+
+
+def test_variant(
+    config: dict[str, Any], folder: Path, held_out: dict[str, ProblemSet] | None, adapter: str | None, train: bool = True
+) -> dict[str, Any]:
+    """Test the variant's weights on each of ``held_out`` (default: the config's ``data.held_out``, named
+    ``held_out``): the base model with ``adapter`` loaded (a LoRA adapter folder), or the untrained model
+    (``train`` false or no adapter)."""
+    runner = {"trainer.default_root_dir": str(folder), "trainer.limit_val_batches": 0}
+    if not train or adapter is None:
+        runner["model.lora"] = None
+    cli = run_lightning_cli(layer(config, runner), run=False)
+    if adapter is not None and train:
+        load_adapter(cli.model, Path(adapter))
+    start = time.perf_counter()
+    sets = held_out or {"held_out": cli.datamodule.held_out_set}
+    record: dict[str, Any] = {"tested_adapter": adapter, "seconds": {}}
+    record["evaluations"] = {name: held_out_record(cli, problems, folder / "eval" / name) for name, problems in sets.items()}
+    record["seconds"]["evaluate"] = time.perf_counter() - start
+    record["held_out"] = next(iter(record["evaluations"].values()))
+    record["model"] = asdict(cli.model.spec)
     seed = cli.config["seed_everything"]
     record["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     del cli
     gc.collect()
     return record
+
+
+def load_adapter(module: Any, path: Path) -> None:
+    """Load the LoRA weights saved in ``path`` (``save_pretrained``) into the module's freshly built adapter."""
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no saved LoRA adapter (adapter_config.json); rerun the variant's fit")
+    module.configure_model()
+    result = set_peft_model_state_dict(module.model, load_peft_weights(str(path)))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or getattr(result, "unexpected_keys", []):
+        raise ValueError(f"adapter {path} does not fit this model's LoRA (missing {missing[:3]}, unexpected "
+                         f"{list(result.unexpected_keys)[:3]}): model.lora must be the one the fit used")
 
 
 def held_out_record(cli: Any, problems: ProblemSet, folder: Path) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""Model selection in a campaign (PROTOCOL.md), on tiny random models: validation after every iteration, one
+adapter per iteration, chosen.yaml before any test set (``until: selection``), the chosen adapter tested, the
+shared iteration-0 samples on disk, the compact answers per variant and set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egcfg_pl.experiments.campaign import main
+from egcfg_pl.experiments.selection import choose
+from egcfg_pl.experiments.shared_samples import SampleStore
+
+from btp_helpers import SHARED_MBPP
+from test_experiments import one_torch_thread, tiny_spec
+
+
+def selection_spec(root: Path, target: Path, source: Path) -> dict:
+    spec = tiny_spec(root, target, source)
+    spec["fit"]["trainer"]["max_epochs"] = 2
+    spec["validation"] = {"dataset": "mbpp", "split": "validation", "path": str(SHARED_MBPP), "limit": 2}
+    spec["held_out"] = {"mbpp_test": spec["held_out"]["mbpp_test"]}
+    spec["steps"] = ["protocol"]
+    spec["name"] = "tiny_selection"
+    return spec
+
+
+@pytest.fixture(scope="module")
+def selected(tmp_path_factory, tiny_model_dir, tiny_source_dir):
+    """``until: selection`` first (fits only), then the same campaign without it (tests the chosen adapters)."""
+    root = tmp_path_factory.mktemp("results")
+    spec = selection_spec(root, tiny_model_dir, tiny_source_dir)
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps({**spec, "until": "selection"}))
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    folder = root / "tiny_selection"
+    before = {p.name for p in folder.iterdir()}
+    chosen_text = (folder / "chosen.yaml").read_text()
+    runs = list((folder / "runs").iterdir())
+    tested_before = [r for r in runs if (r / "eval").exists()]
+    config.write_text(json.dumps(spec))
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    return folder, before, chosen_text, tested_before
+
+
+def test_until_selection_fits_validates_and_writes_chosen_yaml_before_any_test(selected):
+    folder, before, chosen_text, tested_before = selected
+    assert "chosen.yaml" in before and "selection.md" in before and "protocol.json" not in before
+    assert tested_before == []  # no test set was evaluated by the selection run
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp_power"]
+    run = folder / "runs" / chosen["key"]
+    assert [p["iteration"] for p in chosen["curve"]] == [0, 1]
+    for epoch in (0, 1):
+        assert (run / f"eval_val_epoch{epoch}.json").is_file()
+        assert (run / f"adapter_epoch{epoch}" / "adapter_config.json").is_file()
+    assert chosen["iteration"] == choose(chosen["curve"])["iteration"]
+    assert chosen["adapter"] == f"runs/{chosen['key']}/adapter_epoch{chosen['iteration']}"  # moves with the folder
+
+
+def test_the_test_run_evaluates_the_chosen_adapter_and_writes_answers(selected):
+    folder, _, chosen_text, _ = selected
+    chosen = yaml.safe_load(chosen_text)["variants"]["btp_power"]
+    assert (folder / "chosen.yaml").read_text() == chosen_text  # the committed selection is not rewritten
+    record = json.loads((folder / "runs" / chosen["key"] / "record.json").read_text())
+    assert record["tested_adapter"] == str(folder / chosen["adapter"])
+    step = json.loads((folder / "protocol.json").read_text())
+    assert "validation" in step["untrained"]["evaluations"]  # the learning curves' starting point
+    rows = [json.loads(line) for line in (folder / "answers" / "mbpp_test" / "btp_power.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"problem_id", "program", "passed"} <= set(rows[0])
+    untrained = (folder / "answers" / "mbpp_test" / "untrained.jsonl").read_text()
+    assert (folder / "answers" / "mbpp_test" / "sample_and_filter.jsonl").read_text() == untrained  # no step taken
+    assert len(SampleStore(folder / "shared_samples")) == 1  # iteration 0, sampled once, on disk
+    assert record["solved_per_iteration"][0]["problems"] == 2
+
+
+def test_choose_prefers_pass_at_1_then_pass_rate_then_the_earlier_iteration():
+    points = [{"iteration": 0, "pass@1": 0.1, "avg_pass_rate": 0.5}, {"iteration": 1, "pass@1": 0.2, "avg_pass_rate": 0.1},
+              {"iteration": 2, "pass@1": 0.2, "avg_pass_rate": 0.3}, {"iteration": 3, "pass@1": 0.2, "avg_pass_rate": 0.3}]
+    assert choose(points)["iteration"] == 2
+    assert choose([]) is None
+
+
+def test_sample_store_round_trips_and_persists(tmp_path):
+    store = SampleStore(tmp_path / "s")
+    store["k"] = [(1, "a")]
+    assert "k" in SampleStore(tmp_path / "s") and SampleStore(tmp_path / "s")["k"] == [(1, "a")]
+    assert "other" not in store
+    with pytest.raises(KeyError):
+        store["other"]
+
+
+def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, tiny_model_dir, tiny_source_dir, monkeypatch):
+    """A campaign stopped inside a variant's second iteration resumes it from ``checkpoints/last.ckpt`` (the first
+    iteration is not redone) instead of starting the variant again."""
+    spec = selection_spec(tmp_path, tiny_model_dir, tiny_source_dir)
+    base = tmp_path / "base.yaml"  # a class_path under the campaign's fit: would be instantiated by its parser
+    base.write_text(json.dumps({"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                           "init_args": {"save_last": True}}]}}))
+    spec["base"] = [str(base)]
+    spec["steps"] = ["step2_btp"]  # one trained variant: the one stopped
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps({**spec, "until": "selection"}))
+
+    def stop_in_second_iteration(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("stopped")
+
+    monkeypatch.setattr("egcfg_pl.experiments.selection.EpochAdapters.on_train_epoch_start", stop_in_second_iteration,
+                        raising=False)
+    with one_torch_thread(), pytest.raises(RuntimeError, match="stopped"):
+        main(["--config", str(config), "--log_level", "WARNING"])
+    run = next((tmp_path / "tiny_selection" / "runs").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "fit.json").exists()
+    first_val = (run / "eval_val_epoch0.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    with one_torch_thread():
+        main(["--config", str(config), "--log_level", "WARNING"])
+    record = json.loads((run / "fit.json").read_text())
+    assert record["resumed_from"] == "last"
+    assert [p["iteration"] for p in record["validation"]] == [0, 1]
+    assert (run / "eval_val_epoch0.json").stat().st_mtime_ns == first_val  # iteration 0 was not redone
+
+
+def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(selected):
+    """PROTOCOL.md: per test set, McNemar vs untrained (family of 5, Holm) and vs sample_and_filter (family of 4)."""
+    folder, *_ = selected
+    step = json.loads((folder / "protocol.json").read_text())
+    assert list(step["sets"]) == ["mbpp_test"]  # the untrained model's validation scores are no test set
+    rows = step["sets"]["mbpp_test"]["variants"]
+    assert [r["name"] for r in rows] == ["sample_and_filter", "btp_power", "btp_rank", "uniform", "pass_rate_only"]
+    for row in rows:
+        test = row["vs_untrained"]["delta"]["pass@1"]["test"]
+        assert test["method"] == "exact McNemar" and test["holm_family"] == 5
+        assert row["held_out"]["pass@1"]["method"] == "wilson"
+    assert "vs_sample_and_filter" not in rows[0]
+    assert all(r["vs_sample_and_filter"]["delta"]["pass@1"]["test"]["holm_family"] == 4 for r in rows[1:])
+    report = (folder / "report.md").read_text()
+    for part in ("### mbpp_test (2 problems)", "protocol_mbpp_test_metrics.png", "learning_curves.png",
+                 "Solved training problems per iteration", "| untrained (reference) |"):
+        assert part in report
+    assert (folder / "protocol_mbpp_test_metrics.png").is_file() and (folder / "learning_curves.png").is_file()
