@@ -176,14 +176,19 @@ def plot_learning_curves(chosen: dict[str, Any], path: Path, untrained: float | 
         ax.axhline(untrained, ls="--", color="gray", label="untrained")
     top = max([p["pass@1"] for _, e in curves for p in e["curve"]] + [untrained or 0.0])
     ax.set_ylim(0, max(0.05, 1.2 * top))
+    return save_iteration_plot(fig, ax, path, "validation pass@1", "Learning curves (circled: the chosen iteration)", 10)
+
+
+
+def save_iteration_plot(fig: Figure, ax: Any, path: Path, ylabel: str, title: str, title_size: int) -> Path:
+    """Finish a per-iteration line plot (integer x ticks, labels, legend) and write it to ``path``."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("BTP iteration")
-    ax.set_ylabel("validation pass@1")
-    ax.set_title("Learning curves (circled: the chosen iteration)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return path
-
 
 def selection_lines(chosen: dict[str, Any], folder: Path, untrained: dict[str, Any] | None = None) -> list[str]:
     """The chosen iteration per variant and the learning curves (table and PNG); ``untrained``: the untrained
@@ -254,14 +259,9 @@ def plot_solved(result: dict[str, Any], path: Path) -> Path | None:
     ax = fig.add_subplot()
     for name, points in series:
         ax.plot([p["iteration"] for p in points], [p["solved"] for p in points], marker=".", label=name)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("BTP iteration (refresh)")
-    ax.set_ylabel("training problems solved")
-    ax.set_title("Solved training problems per iteration (>= 1 sampled program passes every test)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_iteration_plot(fig, ax, path, "training problems solved",
+                               "Solved training problems per iteration (>= 1 sampled program passes every test)", 9)
 
 
 def protocol_section(result: dict[str, Any], folder: Path) -> list[str]:
