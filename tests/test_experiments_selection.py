@@ -127,7 +127,8 @@ def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, t
 
 
 def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(selected):
-    """PROTOCOL.md: per test set, McNemar vs untrained (family of 5, Holm) and vs sample_and_filter (family of 4)."""
+    """PROTOCOL.md: per test set, McNemar vs untrained (family of 5, Holm), vs sample_and_filter (family of 4) and
+    the prioritized variants vs uniform (family of 3)."""
     folder, *_ = selected
     step = json.loads((folder / "protocol.json").read_text())
     assert list(step["sets"]) == ["mbpp_test"]  # the untrained model's validation scores are no test set
@@ -139,8 +140,11 @@ def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(
         assert row["held_out"]["pass@1"]["method"] == "wilson"
     assert "vs_sample_and_filter" not in rows[0]
     assert all(r["vs_sample_and_filter"]["delta"]["pass@1"]["test"]["holm_family"] == 4 for r in rows[1:])
+    prioritized = [r for r in rows if r["name"] in ("btp_power", "btp_rank", "pass_rate_only")]  # question 3
+    assert all(r["vs_uniform"]["delta"]["pass@1"]["test"]["holm_family"] == 3 for r in prioritized)
+    assert not any("vs_uniform" in r for r in rows if r not in prioritized)
     report = (folder / "report.md").read_text()
     for part in ("### mbpp_test (2 problems)", "protocol_mbpp_test_metrics.png", "learning_curves.png",
-                 "Solved training problems per iteration", "| untrained (reference) |"):
+                 "Solved training problems per iteration", "| untrained (reference) |", "McNemar vs uniform"):
         assert part in report
     assert (folder / "protocol_mbpp_test_metrics.png").is_file() and (folder / "learning_curves.png").is_file()

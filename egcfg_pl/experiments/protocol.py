@@ -5,7 +5,9 @@ iteration-0 samples and seed, against the untrained model. Per held-out set (MBP
 
 - pass@1 per variant with its 95% Wilson interval, and the average test pass rate with a bootstrap interval;
 - paired against the untrained model (family: the 5 trained variants) and against sample_and_filter (family: the
-  4 others): the exact McNemar test with its discordant counts, Holm-adjusted within the family and the set;
+  4 others) and, for question 3, the prioritized-replay variants against uniform replay over the same buffer (family:
+  btp_power, btp_rank, pass_rate_only): the exact McNemar test with its discordant counts, Holm-adjusted within the
+  family and the set;
   the paired bootstrap interval of the difference; RSR against the untrained model where it solves something.
 """
 
@@ -19,6 +21,8 @@ from egcfg_pl.experiments.steps import METRICS, UNTRAINED, VARIANTS, Variant, ca
 from egcfg_pl.experiments.stats import holm
 
 FILTER = "sample_and_filter"
+UNIFORM = "uniform"  # question 3: prioritized draws against uniform draws over the same buffer
+PRIORITIZED = ("btp_power", "btp_rank", "pass_rate_only")
 SELECTION_SET = "validation"  # the untrained model's validation scores: the learning curves' start, not a test set
 
 
@@ -52,6 +56,12 @@ def set_table(name: str, baseline: dict[str, Any], entries: list[dict[str, Any]]
         row[f"vs_{FILTER}"] = compare(row["held_out"], reference["held_out"], spec.bootstrap_samples, seed)
     holm_within(rows, "vs_untrained")
     holm_within(others, f"vs_{FILTER}")
+    uniform = next((row for row in rows if row["name"] == UNIFORM), None)
+    prioritized = [row for row in rows if row["name"] in PRIORITIZED]
+    if uniform is not None:
+        for row in prioritized:
+            row[f"vs_{UNIFORM}"] = compare(row["held_out"], uniform["held_out"], spec.bootstrap_samples, seed)
+        holm_within(prioritized, f"vs_{UNIFORM}")
     return {"untrained": {"held_out": base}, "variants": rows}
 
 

@@ -231,20 +231,21 @@ def _paired(row: dict[str, Any], metric: str) -> str:
 
 
 def protocol_table(name: str, table: dict[str, Any]) -> list[str]:
-    """One held-out set of the protocol step: pass@1 with Wilson intervals and both families of paired tests."""
+    """One held-out set of the protocol step: pass@1 with Wilson intervals and the three families of paired tests."""
     n = table["untrained"]["held_out"]["num_problems"]
     lines = [f"### {name} ({n} problems)", "",
              "| variant | pass@1 [95% Wilson] | McNemar vs untrained (+/−, exact p, Holm) | McNemar vs sample_and_filter"
-             " (+/−, exact p, Holm) | Δ pass@1 vs untrained [95% CI] | avg pass rate [95% CI] | Δ avg pass rate vs"
-             " untrained [paired bootstrap 95%] | RSR |", "|---|---|---|---|---|---|---|---|"]
+             " (+/−, exact p, Holm) | McNemar vs uniform (+/−, exact p, Holm) | Δ pass@1 vs untrained [95% CI] |"
+             " avg pass rate [95% CI] | Δ avg pass rate vs untrained [paired bootstrap 95%] | RSR |",
+             "|---|---|---|---|---|---|---|---|---|"]
     held = table["untrained"]["held_out"]
-    lines.append(f"| untrained | {_interval(held['pass@1'])} | – | – | – | {_interval(held['avg_pass_rate'])} | – | – |")
+    lines.append(f"| untrained | {_interval(held['pass@1'])} | – | – | – | – | {_interval(held['avg_pass_rate'])} | – | – |")
     for row in table["variants"]:
         held = row["held_out"]
         rsr = row["vs_untrained"].get("rsr_pass@1")
         label = row["name"] + (" (= untrained: no optimizer step)" if row.get("evaluated_as") else "")
         lines.append(f"| {label} | {_interval(held['pass@1'])} | {_mcnemar(row, 'vs_untrained')}"
-                     f" | {_mcnemar(row, 'vs_sample_and_filter')} | {_paired(row, 'pass@1')}"
+                     f" | {_mcnemar(row, 'vs_sample_and_filter')} | {_mcnemar(row, 'vs_uniform')} | {_paired(row, 'pass@1')}"
                      f" | {_interval(held['avg_pass_rate'])} | {_paired(row, 'avg_pass_rate')}"
                      f" | {'undefined' if rsr is None else f'{rsr:.2f}'} |")
     return lines

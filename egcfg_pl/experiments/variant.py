@@ -195,7 +195,7 @@ def without_overlap(data: BTPDataModule, sets: list[ProblemSet]) -> None:
     held = [p for problems in sets for p in problems.load()]
     dropped = {train_id for train_id, _ in check_overlap(train, held, allow=True)}
     if dropped:
-        log.warning("dropped %d training problems that overlap the test sets: %s", len(dropped), sorted(dropped))
+        log.warning("dropped %d training problems that overlap the validation or test sets: %s", len(dropped), sorted(dropped))
     data.train_problems = [p for p in train if p.id not in dropped]
 
 
@@ -221,8 +221,8 @@ def fit_variant(
                    "trainer.limit_val_batches": 1.0}
     callbacks = ([StopOnEmptyBuffer()] if stop_if_empty else []) + [EpochAdapters()]
     cli = run_lightning_cli(layer(config, runner), run=False, trainer_defaults={"callbacks": callbacks})
-    if test_sets:
-        without_overlap(cli.datamodule, test_sets)
+    if test_sets:  # the datamodule's own check (against its held-out set) is skipped once train_problems is set
+        without_overlap(cli.datamodule, test_sets + ([validation] if validation is not None else []))
     start = time.perf_counter()
     record: dict[str, Any] = {"seconds": {}}
     record.update(fit(cli, folder, cache, "last" if resume else None))
