@@ -338,3 +338,22 @@ def test_bootstrap_and_paired_delta():
     assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3))
     delta = paired_delta({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0})
     assert delta["num_problems"] == 3 and delta["mean"] == pytest.approx(1 / 3)
+
+
+def test_a_step_written_by_another_spec_is_assembled_again(tmp_path, monkeypatch):
+    """A step JSON is reused only when its spec hash matches this spec's, and the hash covers the base files'
+    contents: an edited base_cpu.yaml (same path) must not serve the old step's results."""
+    import egcfg_pl.experiments.campaign as campaign_module
+
+    base = tmp_path / "base.yaml"
+    base.write_text((ROOT / "configs" / "base_cpu.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    spec = ExperimentSpec(base=[str(base)], steps=["step2_btp"], output_dir=str(tmp_path / "out"))
+    calls = []
+    monkeypatch.setattr(campaign_module, "assemble", lambda step, spec, run: calls.append(step) or {"step": step})
+    campaign = Campaign(spec)
+    campaign.step("step2_btp")
+    campaign.step("step2_btp")
+    assert calls == ["step2_btp"]  # same spec: reused
+    base.write_text(base.read_text(encoding="utf-8") + "\n# edited\nseed_everything: 1\n", encoding="utf-8")
+    Campaign(spec).step("step2_btp")
+    assert calls == ["step2_btp", "step2_btp"]  # edited base file: assembled again, not served stale

@@ -87,6 +87,8 @@ class Campaign:
         """Identity of what the steps compute (everything but the step list and where results go)."""
         ignored = ("steps", "output_dir", "name", "threads", "until")
         spec = {k: v for k, v in jsonable(self.spec).items() if k not in ignored}
+        spec["base_contents"] = [Path(f).read_text(encoding="utf-8") if Path(f).is_file() else None
+                                 for f in self.spec.base]  # an edited base file is another spec
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def config(self, variant: Variant) -> dict[str, Any]:
@@ -218,10 +220,11 @@ class Campaign:
         path = self.root / f"{step}.json"
         if path.is_file() and not self.force:
             result = json.loads(path.read_text(encoding="utf-8"))
-            if result.get("spec_hash") != self.spec_hash():
-                log.warning("step %s: %s was written by another (or an unrecorded) spec; --force redoes it with this one", step, path)
-            log.info("step %s: done already (%s); --force redoes it", step, path)
-            return result
+            if result.get("spec_hash") == self.spec_hash():
+                log.info("step %s: done already (%s); --force redoes it", step, path)
+                return result
+            log.warning("step %s: %s was written by another (or an unrecorded) spec; assembling it again with this one "
+                        "(variants are reused only where their fit config's key is unchanged)", step, path)
         start = time.perf_counter()
         result = (assemble_protocol(self.spec, self.variant) if step == "protocol"
                   else assemble(step, self.spec, self.variant))
