@@ -148,3 +148,41 @@ def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(
                  "Solved training problems per iteration", "| untrained (reference) |", "McNemar vs uniform"):
         assert part in report
     assert (folder / "protocol_mbpp_test_metrics.png").is_file() and (folder / "learning_curves.png").is_file()
+
+
+def test_a_record_that_tested_another_adapter_than_chosen_yaml_names_is_tested_again(selected, monkeypatch):
+    """A variant's record.json is reused only if it tested the adapter chosen.yaml names now (after a reselection
+    the old test results must not stand for the new choice)."""
+    import egcfg_pl.experiments.campaign as campaign_module
+    from egcfg_pl.experiments.campaign import Campaign, parse_spec
+    from egcfg_pl.experiments.steps import VARIANTS
+
+    folder, *_ = selected
+    spec, _, _ = parse_spec(["--config", str(folder.parent / "tiny.yaml")])
+    variant = next(v for v in VARIANTS["protocol"](spec) if v.name == "btp_power")
+    chosen_path = folder / "chosen.yaml"
+    chosen_text = chosen_path.read_text()
+    record_path = folder / "runs" / yaml.safe_load(chosen_text)["variants"]["btp_power"]["key"] / "record.json"
+    record_text = record_path.read_text()
+    tested = []
+
+    def fake_test(config, run_folder, sets, adapter, train):
+        tested.append(adapter)
+        return {"tested_adapter": adapter, "evaluations": json.loads(record_text)["evaluations"], "seconds": {}}
+
+    monkeypatch.setattr(campaign_module, "test_variant", fake_test)
+    try:
+        with one_torch_thread():
+            Campaign(spec).variant(variant)
+        assert tested == []  # the record tested the chosen adapter: reused
+        document = yaml.safe_load(chosen_text)
+        entry = document["variants"]["btp_power"]
+        other = 1 - entry["iteration"]
+        entry["iteration"], entry["adapter"] = other, entry["adapter"][: -1] + str(other)
+        chosen_path.write_text(yaml.safe_dump(document, sort_keys=False))
+        with one_torch_thread():
+            Campaign(spec).variant(variant)
+        assert tested == [str(folder / entry["adapter"])]
+    finally:
+        chosen_path.write_text(chosen_text)
+        record_path.write_text(record_text)

@@ -186,9 +186,14 @@ class Campaign:
             return self.done[key]
         folder = self.folder(variant)
         path = folder / "record.json"
-        if path.is_file() and not self.force:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not self.force else None
+        if record is not None and variant.train and record.get("evaluations") is not None \
+                and record.get("tested_adapter") != self.adapter(variant, record):
+            log.warning("variant %s: %s tested %s, but %s now names another adapter; testing again",
+                        variant.name, path, record.get("tested_adapter"), CHOSEN)
+            record = None
+        if record is not None:
             log.info("variant %s: reusing %s", variant.name, path)
-            record = json.loads(path.read_text(encoding="utf-8"))
         else:
             record = {"key": key, "first_name": variant.name, "folder": str(folder), "trained": False,
                       "optimizer_steps": 0, "seconds": {}}
