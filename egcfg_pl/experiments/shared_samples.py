@@ -9,12 +9,12 @@ decoding, template, sandbox, precision, iteration and problem ids), written atom
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
+
+from egcfg_pl.crash_safe import atomic_write_bytes
 
 
 class SampleStore(MutableMapping[str, Any]):
@@ -40,13 +40,7 @@ class SampleStore(MutableMapping[str, Any]):
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((key, value), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(key))
+        atomic_write_bytes(self._path(key), pickle.dumps((key, value)))
 
     def __delitem__(self, key: str) -> None:
         self._path(key).unlink()
