@@ -186,3 +186,39 @@ def test_a_record_that_tested_another_adapter_than_chosen_yaml_names_is_tested_a
     finally:
         chosen_path.write_text(chosen_text)
         record_path.write_text(record_text)
+
+
+def test_a_set_tested_before_a_stop_is_not_tested_again(selected, monkeypatch):
+    """A campaign killed between two test sets of a variant (record.json not yet written) resumes at the set it was
+    on: a finished set is read back from its ``tested.json`` marker, but only for the same weights."""
+    import egcfg_pl.experiments.variant as variant_module
+    from egcfg_pl.experiments.campaign import Campaign, parse_spec
+    from egcfg_pl.experiments.steps import VARIANTS
+
+    folder, *_ = selected
+    spec, _, _ = parse_spec(["--config", str(folder.parent / "tiny.yaml")])
+    variant = next(v for v in VARIANTS["protocol"](spec) if v.name == "btp_power")
+    run = folder / "runs" / yaml.safe_load((folder / "chosen.yaml").read_text())["variants"]["btp_power"]["key"]
+    record_path, marker = run / "record.json", run / "eval" / "mbpp_test" / "tested.json"
+    record_text, marker_text = record_path.read_text(), marker.read_text()
+    assert json.loads(marker_text)["adapter"] == json.loads(record_text)["tested_adapter"]
+    tested = []
+
+    def fake_record(cli, problems, set_folder):
+        tested.append(set_folder.name)
+        return json.loads(marker_text) | {"metrics": {"pass@1": -1.0}}
+
+    monkeypatch.setattr(variant_module, "held_out_record", fake_record)
+    try:
+        record_path.unlink()  # killed after the set, before the record
+        with one_torch_thread():
+            record = Campaign(spec).variant(variant)
+        assert tested == [] and record["evaluations"]["mbpp_test"]["metrics"] == json.loads(marker_text)["metrics"]
+        record_path.unlink()
+        marker.write_text(json.dumps(json.loads(marker_text) | {"adapter": "another/adapter"}))
+        with one_torch_thread():
+            record = Campaign(spec).variant(variant)
+        assert tested == ["mbpp_test"] and record["evaluations"]["mbpp_test"]["metrics"] == {"pass@1": -1.0}
+    finally:
+        record_path.write_text(record_text)
+        marker.write_text(marker_text)

@@ -26,6 +26,7 @@ import yaml
 
 from peft import load_peft_weights, set_peft_model_state_dict
 
+from egcfg_pl.crash_safe import atomic_write_text
 from egcfg_pl.experiments.selection import EpochAdapters, choose, curve
 from egcfg_pl.lightning.cli import run_lightning_cli
 from egcfg_pl.lightning.datamodule import BTPDataModule
@@ -252,7 +253,8 @@ def test_variant(
     start = time.perf_counter()
     sets = held_out or {"held_out": cli.datamodule.held_out_set}
     record: dict[str, Any] = {"tested_adapter": adapter, "seconds": {}}
-    record["evaluations"] = {name: held_out_record(cli, problems, folder / "eval" / name) for name, problems in sets.items()}
+    record["evaluations"] = {name: tested_set(cli, problems, folder / "eval" / name, adapter if train else None)
+                             for name, problems in sets.items()}
     record["seconds"]["evaluate"] = time.perf_counter() - start
     record["held_out"] = next(iter(record["evaluations"].values()))
     record["model"] = asdict(cli.model.spec)
@@ -273,6 +275,22 @@ def load_adapter(module: Any, path: Path) -> None:
     if missing or getattr(result, "unexpected_keys", []):
         raise ValueError(f"adapter {path} does not fit this model's LoRA (missing {missing[:3]}, unexpected "
                          f"{list(result.unexpected_keys)[:3]}): model.lora must be the one the fit used")
+
+
+def tested_set(cli: Any, problems: ProblemSet, folder: Path, adapter: str | None) -> dict[str, Any]:
+    """``held_out_record`` of one set, kept across a stop: a set this folder already tested with the same weights
+    (``adapter``; None = untrained) and the same problems is read back from its marker (``tested.json``, written
+    after the evaluation JSON), so a campaign killed between two sets resumes at the set it was on."""
+    marker = folder / "tested.json"
+    identity = {"adapter": adapter, "problems": asdict(problems)}
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in identity} == json.loads(json.dumps(identity)) and Path(done["eval_json"]).is_file():
+            log.info("%s: reusing %s (tested before a stop)", folder.name, done["eval_json"])
+            return {"eval_json": done["eval_json"], "metrics": done["metrics"]}
+    result = held_out_record(cli, problems, folder)
+    atomic_write_text(marker, json.dumps({**identity, **result}, indent=2))
+    return result
 
 
 def held_out_record(cli: Any, problems: ProblemSet, folder: Path) -> dict[str, Any]:
