@@ -5,10 +5,13 @@ shared iteration-0 samples on disk, the compact answers per variant and set."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from egcfg_pl.experiments.campaign import main
 from egcfg_pl.experiments.selection import choose
@@ -117,13 +120,17 @@ def test_an_interrupted_fit_continues_from_its_last_epoch_checkpoint(tmp_path, t
     run = next((tmp_path / "tiny_selection" / "runs").iterdir())
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "fit.json").exists()
     first_val = (run / "eval_val_epoch0.json").stat().st_mtime_ns
+    kept = load_file(run / "adapter_epoch0" / "adapter_model.safetensors")
+    shutil.rmtree(run / "adapter_epoch0")  # as if killed between the epoch-0 checkpoint and its adapter
     monkeypatch.undo()
     with one_torch_thread():
         main(["--config", str(config), "--log_level", "WARNING"])
     record = json.loads((run / "fit.json").read_text())
     assert record["resumed_from"] == "last"
-    assert [p["iteration"] for p in record["validation"]] == [0, 1]
+    assert [p["iteration"] for p in record["validation"]] == [0, 1]  # iteration 0 stays in the selection
     assert (run / "eval_val_epoch0.json").stat().st_mtime_ns == first_val  # iteration 0 was not redone
+    saved = load_file(run / "adapter_epoch0" / "adapter_model.safetensors")  # ... and its adapter is the validated one
+    assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in kept)
 
 
 def test_protocol_step_compares_per_set_against_untrained_and_sample_and_filter(selected):

@@ -12,6 +12,7 @@ any test set is evaluated.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from egcfg_pl.lightning.run_folder import eval_json
 from egcfg_pl.metrics.report import EvalReport
 
 CHOSEN = "chosen.yaml"
+log = logging.getLogger(__name__)
 
 
 def adapter_of_epoch(folder: Path, epoch: int) -> Path:
@@ -37,6 +39,18 @@ class EpochAdapters(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if getattr(pl_module, "lora", None) is not None and trainer.is_global_zero:
             pl_module.save_adapter(adapter_of_epoch(Path(trainer.default_root_dir), trainer.current_epoch))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """A fit resumed from the checkpoint of an iteration whose adapter was never saved (killed between the two:
+        the checkpoint is written at validation end, the adapter after it) saves it now from the restored weights,
+        the ones that iteration's validation scored; without this the iteration would drop out of the selection."""
+        root, last = Path(trainer.default_root_dir), trainer.current_epoch - 1
+        if last < 0 or adapter_of_epoch(root, last).is_dir() or not eval_json(root, "val", last).is_file():
+            return
+        if getattr(pl_module, "lora", None) is not None and trainer.is_global_zero:
+            log.warning("iteration %d was validated but its adapter was not kept (a stop between the two); saving it "
+                        "from the resumed checkpoint", last)
+            pl_module.save_adapter(adapter_of_epoch(root, last))
 
 
 def scores(path: Path) -> dict[str, float]:
