@@ -63,6 +63,9 @@ def test_until_selection_fits_validates_and_writes_chosen_yaml_before_any_test(s
         assert (run / f"adapter_epoch{epoch}" / "adapter_config.json").is_file()
     assert chosen["iteration"] == choose(chosen["curve"])["iteration"]
     assert chosen["adapter"] == f"runs/{chosen['key']}/adapter_epoch{chosen['iteration']}"  # moves with the folder
+    ran = yaml.safe_load((run / "fit_config.yaml").read_text())  # the config as run: validation set, not base's
+    assert ran["data"]["held_out"]["split"] == "validation" and ran["data"]["held_out"]["limit"] == 2
+    assert ran["trainer"]["default_root_dir"] == str(run)
 
 
 def test_the_test_run_evaluates_the_chosen_adapter_and_writes_answers(selected):

@@ -128,7 +128,6 @@ class Campaign:
             log.info("variant %s: fitting in %s", variant.name, folder)
             shutil.rmtree(folder, ignore_errors=True)  # experiences.jsonl is appended to: start clean
             folder.mkdir(parents=True)
-            atomic_write_text(folder / "fit_config.yaml", yaml.safe_dump(config, sort_keys=False))
         validation = self.spec.validation
         tests = list(self.spec.held_out.values()) if validation is not None else None
         record = fit_variant(config, folder, self.samples, variant.stop_if_empty, validation, tests, resume)

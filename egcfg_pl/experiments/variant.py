@@ -212,7 +212,8 @@ def fit_variant(
     """Build the fit config's objects (seeded by its ``seed_everything``) with every output in ``folder`` and fit.
     With ``validation``: it is the fit's held-out set, validated after every iteration (``eval_val_epoch{N}.json``)
     with each iteration's adapter kept; without, fit-time validation is off. ``test_sets``' problems are dropped
-    from training. ``resume`` continues from ``checkpoints/last.ckpt``."""
+    from training. ``resume`` continues from ``checkpoints/last.ckpt``. The config as run (``config`` with the
+    folder and the validation settings) is written to ``fit_config.yaml``: ``cli.py fit --config`` reruns it."""
     folder.mkdir(parents=True, exist_ok=True)
     runner: dict[str, Any] = {"trainer.default_root_dir": str(folder)}
     if validation is None:
@@ -220,6 +221,8 @@ def fit_variant(
     else:
         runner |= {"data.held_out": asdict(validation), "trainer.check_val_every_n_epoch": 1,
                    "trainer.limit_val_batches": 1.0}
+    if not resume:
+        atomic_write_text(folder / "fit_config.yaml", yaml.safe_dump(layer(config, runner), sort_keys=False))
     callbacks = ([StopOnEmptyBuffer()] if stop_if_empty else []) + [EpochAdapters()]
     cli = run_lightning_cli(layer(config, runner), run=False, trainer_defaults={"callbacks": callbacks})
     if test_sets:  # the datamodule's own check (against its held-out set) is skipped once train_problems is set
