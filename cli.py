@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(EXTRA_HELP)
     try:
         return _run(argv)
+    except SystemExit as stop:  # Lightning ends a fit on SIGTERM with SIGTERMException, a SystemExit of code None (0)
+        if stop.code is None and _is_sigterm(stop):
+            return 128 + 15  # the shell's status for SIGTERM: a stopped run must not read as a finished one
+        raise
     except Exception as error:  # noqa: BLE001 (a user error becomes one line; anything else keeps its traceback)
         from egcfg_pl.user_errors import EXIT_USAGE, user_message
 
@@ -62,6 +66,11 @@ def _run(argv: list[str]) -> int:
 
     run_lightning_cli(argv)
     return 0
+
+
+def _is_sigterm(stop: SystemExit) -> bool:
+    lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return lightning is not None and isinstance(stop, lightning.SIGTERMException)
 
 
 def _debug_log_level(argv: list[str]) -> bool:

@@ -231,3 +231,21 @@ def test_a_sandbox_left_under_model_or_refresh_says_to_move_it(run_cli, tmp_path
     old.write_text(f"{section}:\n  sandbox: {{timeout: 9.0}}\n")
     status, err = run_cli([*DEMO_FIT, "--config", str(old), f"--trainer.default_root_dir={tmp_path}"])
     assert status == 2 and f"{section}.sandbox is set from sandbox" in error_line(err)
+
+
+def test_a_run_stopped_by_sigterm_exits_143_not_0(monkeypatch):
+    """Lightning turns SIGTERM into ``SIGTERMException`` (a ``SystemExit`` whose status would be 0): the stopped run
+    (its resumable checkpoint already written by ``lightning/interrupt.py``) must not look finished to a script."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    cli = load_cli()
+
+    def stopped(argv):
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli, "_run", stopped)
+    assert cli.main(["fit"]) == 143
+    monkeypatch.setattr(cli, "_run", lambda argv: sys.exit(3))
+    with pytest.raises(SystemExit) as other:  # any other exit keeps its own status
+        cli.main(["fit"])
+    assert other.value.code == 3
