@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.problems.problem import Problem, TestCase
 
 CHAT_STOP = "\n```"
@@ -366,7 +367,7 @@ def _complete_with_prompt(code: str, problem: Problem) -> str:
 def _missing_prompt_parts(code: str, problem: Problem) -> list[str]:
     """The prompt's import lines and helper functions / classes that ``code`` lacks (in prompt order)."""
     try:
-        prompt_tree, code_tree = ast.parse(problem.prompt), ast.parse(code)
+        prompt_tree, code_tree = parse(problem.prompt), parse(code)
     except SyntaxError:
         return []
     code_names = _bound_names(code_tree)
@@ -394,7 +395,7 @@ def _bound_names(tree: ast.Module) -> set[str]:
 
 def _drop_main_block(code: str) -> str:
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return code
     lines = code.split("\n")

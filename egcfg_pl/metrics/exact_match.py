@@ -6,6 +6,7 @@ import ast
 from collections.abc import Sequence
 
 import torch
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.metrics.base import SumStateMetric
 
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -32,7 +33,7 @@ def canonical_ast(source: str) -> str | None:
     all disappear; identifiers, literals and statement order still count.
     """
     try:
-        tree = ast.parse(source.replace("\r\n", "\n"))
+        tree = parse(source.replace("\r\n", "\n"))
     except (SyntaxError, ValueError):  # ValueError: source with NUL bytes
         return None
     return ast.unparse(_strip_docstrings(tree))

@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.problems.rows import Row, RowError, convert_rows, read_rows, require
 
@@ -62,7 +63,7 @@ def to_problem(row: dict[str, Any]) -> Problem:
 def split_check(test_module: str, entry_point: str) -> tuple[tuple[TestCase, ...], str]:
     """(tests, test_setup) from a HumanEval test module defining ``check(candidate)``."""
     try:
-        module = ast.parse(test_module)
+        module = parse(test_module)
     except SyntaxError as e:
         raise RowError("test", f"field 'test' is not valid Python ({e.msg}, line {e.lineno})") from e
     checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
@@ -105,7 +106,7 @@ def _source(src: str, node: ast.AST) -> str:
     """The statement's own text, dedented to top level (``ast.unparse`` if that does not parse)."""
     text = textwrap.dedent(ast.get_source_segment(src, node, padded=True) or "")
     try:
-        ast.parse(text)
+        parse(text)
         return text
     except SyntaxError:
         return ast.unparse(node)

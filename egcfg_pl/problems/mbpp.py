@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.problems.rows import Row, RowError, convert_rows, hub_rows, read_rows, require
 
@@ -107,7 +108,7 @@ def entry_point(first_assert: str, code: str = "") -> str:
     """The function under test: the first called name that the solution defines (else not a builtin)."""
     try:
         called = [
-            n.func.id for n in ast.walk(ast.parse(first_assert)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            n.func.id for n in ast.walk(parse(first_assert)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
         ]
     except SyntaxError as e:
         raise RowError("test_list", f"first test is not valid Python ({e.msg})") from e
@@ -125,7 +126,7 @@ def _defined_functions(code: str) -> set[str]:
     try:
         with warnings.catch_warnings():  # old MBPP code has invalid escape sequences
             warnings.simplefilter("ignore")
-            tree = ast.parse(code)
+            tree = parse(code)
         return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     except SyntaxError:
         return set()

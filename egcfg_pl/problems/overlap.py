@@ -17,6 +17,7 @@ import string
 import warnings
 from collections.abc import Sequence
 
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.problems.problem import Problem
 
 MAX_NAMED = 5
@@ -52,7 +53,7 @@ def _assert_key(code: str) -> str | None:
     try:
         with warnings.catch_warnings():  # old MBPP asserts have invalid escape sequences
             warnings.simplefilter("ignore")
-            tree = ast.parse(code)
+            tree = parse(code)
     except SyntaxError:
         return _SPACE.sub("", code)
     if not any(isinstance(node, ast.Call) for node in ast.walk(tree)):

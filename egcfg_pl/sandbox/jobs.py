@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from egcfg_pl.ast_parse import parse
 from egcfg_pl.problems.problem import Problem, TestCase
 from egcfg_pl.sandbox import compare
 from egcfg_pl.sandbox.config import SandboxConfig
@@ -52,7 +53,7 @@ def split_assert(code: str) -> tuple[str, Any] | None:
     Cached per test code (the same tests are run for many programs); callers must not mutate the value.
     """
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert) or tree.body[0].msg is not None:

@@ -14,12 +14,14 @@ import ast
 import builtins
 import functools
 
+from egcfg_pl.ast_parse import parse
+
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse(code)
     except (SyntaxError, ValueError):
         return None
 
