@@ -179,7 +179,6 @@ def plot_learning_curves(chosen: dict[str, Any], path: Path, untrained: float | 
     return save_iteration_plot(fig, ax, path, "validation pass@1", "Learning curves (circled: the chosen iteration)", 10)
 
 
-
 def save_iteration_plot(fig: Figure, ax: Any, path: Path, ylabel: str, title: str, title_size: int) -> Path:
     """Finish a per-iteration line plot (integer x ticks, labels, legend) and write it to ``path``."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -189,6 +188,7 @@ def save_iteration_plot(fig: Figure, ax: Any, path: Path, ylabel: str, title: st
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return path
+
 
 def selection_lines(chosen: dict[str, Any], folder: Path, untrained: dict[str, Any] | None = None) -> list[str]:
     """The chosen iteration per variant and the learning curves (table and PNG); ``untrained``: the untrained

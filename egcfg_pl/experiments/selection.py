@@ -36,9 +36,13 @@ class EpochAdapters(L.Callback):
     """Saves the LoRA adapter of every finished iteration to ``<default_root_dir>/adapter_epoch{N}/``: the weights
     that iteration's validation scored (Lightning validates before the epoch-end hooks)."""
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+    @staticmethod
+    def save(trainer: L.Trainer, pl_module: Any, epoch: int) -> None:
         if getattr(pl_module, "lora", None) is not None and trainer.is_global_zero:
-            pl_module.save_adapter(adapter_of_epoch(Path(trainer.default_root_dir), trainer.current_epoch))
+            pl_module.save_adapter(adapter_of_epoch(Path(trainer.default_root_dir), epoch))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.save(trainer, pl_module, trainer.current_epoch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         """A fit resumed from the checkpoint of an iteration whose adapter was never saved (killed between the two:
@@ -47,10 +51,9 @@ class EpochAdapters(L.Callback):
         root, last = Path(trainer.default_root_dir), trainer.current_epoch - 1
         if last < 0 or adapter_of_epoch(root, last).is_dir() or not eval_json(root, "val", last).is_file():
             return
-        if getattr(pl_module, "lora", None) is not None and trainer.is_global_zero:
-            log.warning("iteration %d was validated but its adapter was not kept (a stop between the two); saving it "
-                        "from the resumed checkpoint", last)
-            pl_module.save_adapter(adapter_of_epoch(root, last))
+        log.warning("iteration %d was validated but its adapter was not kept (a stop between the two); saving it "
+                    "from the resumed checkpoint", last)
+        self.save(trainer, pl_module, last)
 
 
 def scores(path: Path) -> dict[str, float]:

@@ -221,10 +221,11 @@ def fit_variant(
     else:
         runner |= {"data.held_out": asdict(validation), "trainer.check_val_every_n_epoch": 1,
                    "trainer.limit_val_batches": 1.0}
+    ran = layer(config, runner)
     if not resume:
-        atomic_write_text(folder / "fit_config.yaml", yaml.safe_dump(layer(config, runner), sort_keys=False))
+        atomic_write_text(folder / "fit_config.yaml", yaml.safe_dump(ran, sort_keys=False))
     callbacks = ([StopOnEmptyBuffer()] if stop_if_empty else []) + [EpochAdapters()]
-    cli = run_lightning_cli(layer(config, runner), run=False, trainer_defaults={"callbacks": callbacks})
+    cli = run_lightning_cli(ran, run=False, trainer_defaults={"callbacks": callbacks})
     if test_sets:  # the datamodule's own check (against its held-out set) is skipped once train_problems is set
         without_overlap(cli.datamodule, test_sets + ([validation] if validation is not None else []))
     start = time.perf_counter()
